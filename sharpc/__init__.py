@@ -1,0 +1,54 @@
+"""sharpc: compile a sharpness measure of the loss Hessian into a (phi, psi, mu)-SAM optimizer.
+
+    >>> import sharpc
+    >>> measure = sharpc.compile("sum(l**2)")      # parse -> derive
+    >>> measure.verify().passed                     # certificate + Monte Carlo
+    True
+    >>> FrobSAM = measure.optimizer_class()         # emit (needs torch)
+
+Importing sharpc does not import torch: compiling and verifying use SymPy and NumPy only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .derive import REGISTRY as STRATEGIES
+from .derive import Request, derive
+from .errors import DerivationError, OptimizerError, ParseError, SharpcError
+from .measure import Domain, Measure, SampleGroup
+from .parse import parse
+
+__all__ = [
+    "compile", "compile_optimizer", "parse", "Measure", "SampleGroup", "Domain", "STRATEGIES",
+    "SharpcError", "ParseError", "DerivationError", "OptimizerError",
+]
+__version__ = "0.1.0"
+
+
+def compile(expression: str, *, d: int | None = None, strategy: str | None = None,
+            det_sampling: str = "lebesgue", half_width: float = 1.0) -> Measure:  # noqa: A001
+    """Parse a target in the Hessian eigenvalues ``l`` and derive its (phi, psi, mu).
+
+    Args:
+        expression: e.g. ``"sum(l**2)"``; see ``sharpc.parse.LANGUAGE_HELP``.
+        d: the number of eigenvalues, when it is fixed (otherwise symbolic and bound to the
+            number of perturbed parameters by the optimizer).
+        strategy: force one strategy by name (``sharpc.STRATEGIES``) instead of the first that applies.
+        det_sampling: ``"lebesgue"`` (exact formal measure; the optimizer samples its truncation)
+            or ``"hypercube"`` (the paper's Det-SAM: uniform on ``[-half_width, half_width]^d``).
+        half_width: the truncation half-width for determinant measures.
+    """
+    if d is not None and (not isinstance(d, int) or isinstance(d, bool) or d < 1):
+        raise SharpcError(f"d must be a positive integer, got {d!r}")
+    if det_sampling not in ("lebesgue", "hypercube"):
+        raise SharpcError(f"det_sampling must be 'lebesgue' or 'hypercube', got {det_sampling!r}")
+    if not half_width > 0:
+        raise SharpcError(f"half_width must be positive, got {half_width!r}")
+    target = parse(expression, d=d)
+    return derive(Request(expression, target, d=d, det_sampling=det_sampling, half_width=half_width), strategy)
+
+
+def compile_optimizer(expression: str, *, name: str | None = None, **compile_options: Any):
+    """``compile(expression, **compile_options).optimizer_class(name)`` in one call."""
+    return compile(expression, **compile_options).optimizer_class(name=name)

@@ -1,0 +1,90 @@
+"""Derivation strategies: target -> Measure, tried in a documented order.
+
+Each strategy is a module exposing ``NAME``, ``SUMMARY`` and ``derive(request) -> Measure``;
+it raises :class:`Decline` with a reason when the target is not of its form. The
+registry order is the order of preference: cheapest exact representation first.
+
+    table1   the paper's Table 1 rows (trace, Frobenius, det / log det, prod(1 - s l))
+    mgf      Gaussian moment generating function: sum(log(1 - s l)), prod(1 - s l)**a
+    moments  polynomials in power sums (any d) or symmetric polynomials (concrete d)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+
+import sympy as sp
+
+from ..errors import DerivationError
+from ..measure import Measure
+from ..spectral import reductions, substitute_d
+
+
+class Decline(Exception):
+    """A strategy does not apply to this target; the message says why."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the user asked for: the parsed target and the compile options."""
+
+    source: str
+    target: sp.Expr
+    d: int | None = None
+    det_sampling: str = "lebesgue"
+    half_width: float = 1.0
+
+
+def affine_in(target: sp.Expr, atom: sp.Expr) -> tuple[sp.Expr, sp.Expr] | None:
+    """(c, k) with target == c * atom + k and c, k free of spectral atoms, else None."""
+    y = sp.Dummy("y")
+    replaced = target.xreplace({atom: y})
+    if reductions(replaced):
+        return None
+    slope = sp.expand(sp.diff(replaced, y))
+    if slope.has(y) or slope == 0:
+        return None
+    return slope, sp.expand(replaced.subs(y, 0))
+
+
+def sign_of(factor: sp.Expr) -> int:
+    """+1 or -1 for a factor whose sign SymPy can decide for every d >= 1."""
+    if factor.is_positive:
+        return 1
+    if factor.is_negative:
+        return -1
+    raise Decline(f"cannot decide the sign of the factor {sp.sstr(factor)} for every d")
+
+
+def make_measure(request: Request, **fields) -> Measure:
+    """A Measure for ``request``, with the spectrum length bound wherever it is known."""
+    if request.d is not None:
+        for key in ("phi", "scale", "offset"):
+            if key in fields:
+                fields[key] = substitute_d(fields[key], request.d)
+        fields["psi"] = tuple(substitute_d(p, request.d) for p in fields["psi"])
+    return Measure(source=request.source, target=request.target, d=request.d, **fields)
+
+
+from . import mgf, moments, table1  # noqa: E402  (the strategies import the helpers above)
+
+#: Strategies in the order ``compile`` tries them.
+REGISTRY: dict[str, ModuleType] = {module.NAME: module for module in (table1, mgf, moments)}
+
+
+def derive(request: Request, strategy: str | None = None) -> Measure:
+    """The first strategy that accepts the target (or the one named), else a DerivationError."""
+    if strategy is not None:
+        if strategy not in REGISTRY:
+            raise DerivationError(f"unknown strategy {strategy!r}; choose from {', '.join(REGISTRY)}")
+        candidates = [REGISTRY[strategy]]
+    else:
+        candidates = list(REGISTRY.values())
+    reasons = []
+    for module in candidates:
+        try:
+            return module.derive(request)
+        except Decline as why:
+            reasons.append(f"{module.NAME}: {why}")
+    raise DerivationError(f"no strategy represents {request.source!r} — " + "; ".join(reasons))

@@ -1,0 +1,104 @@
+"""Polynomials in power sums through Gaussian moments (cumulants).
+
+For v ~ N(0, I) the cumulants of Q = 1/2 v^T H v are kappa_k = (k-1)!/2 * p_k, and
+cumulants are polynomials in the raw moments E[Q], ..., E[Q^k]. So any polynomial in
+p_1..p_K is a polynomial phi of psi = (t, t^2, ..., t^K) over one shared Gaussian group.
+
+With a concrete d every symmetric polynomial in l_1..l_d qualifies too: SymPy's
+``symmetrize`` writes it in elementary symmetric polynomials, and Newton's identities
+turn those into power sums.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sympy as sp
+from sympy.polys.polyfuncs import symmetrize
+
+from ..cumulants import cumulants_from_raw
+from ..distributions import Gaussian, t
+from ..errors import DerivationError
+from ..measure import Measure, SampleGroup, phi_symbols
+from ..spectral import Eig, ESum, eigenvalue_symbols, expand_spectrum, lam, reductions
+from . import Decline, Request, make_measure
+
+NAME = "moments"
+SUMMARY = "polynomials in power sums p_k (any d) or symmetric polynomials (concrete d) via cumulants"
+
+#: Highest moment used; E[Q^K] estimators get heavy-tailed quickly beyond this.
+MAX_ORDER = 12
+
+
+def _power_sum_order(atom: sp.Expr) -> int | None:
+    """k when ``atom`` is p_k = sum(l**k) with k a positive integer."""
+    if not isinstance(atom, ESum):
+        return None
+    body = atom.body
+    if body == lam:
+        return 1
+    if body.is_Pow and body.base == lam and body.exp.is_Integer and body.exp > 0:
+        return int(body.exp)
+    return None
+
+
+def _newton_elementary(k_max: int, p: Sequence[sp.Expr]) -> list[sp.Expr]:
+    """[e_0, ..., e_k_max] in power sums p[1..]: k e_k = sum_i (-1)^(i-1) e_(k-i) p_i."""
+    e = [sp.Integer(1)]
+    for k in range(1, k_max + 1):
+        e.append(sp.expand(sum((-1) ** (i - 1) * e[k - i] * p[i] for i in range(1, k + 1)) / k))
+    return e
+
+
+def symmetric_in_power_sums(poly: sp.Expr, eigenvalues: Sequence[sp.Symbol]) -> sp.Expr:
+    """A symmetric polynomial in ``eigenvalues`` rewritten in power-sum atoms p_k."""
+    symmetric, remainder, definitions = symmetrize(sp.expand(poly), *eigenvalues, formal=True)
+    if sp.expand(remainder) != 0:
+        raise DerivationError(
+            f"{sp.sstr(poly)} is not symmetric in the eigenvalues (non-symmetric remainder "
+            f"{sp.sstr(remainder)}); a sharpness measure can only depend on the spectrum as a multiset")
+    d = len(eigenvalues)
+    p = [None, *(ESum(lam**k) for k in range(1, d + 1))]
+    e = _newton_elementary(d, p)
+    return sp.expand(symmetric.xreplace({s: e[k] for k, (s, _) in enumerate(definitions, start=1)}))
+
+
+def _as_power_sum_polynomial(request: Request) -> tuple[sp.Expr, list[str]]:
+    target, notes = request.target, []
+    atoms = reductions(target)
+    if atoms and all(_power_sum_order(a) for a in atoms):
+        return target, notes
+    if request.d is None:
+        raise Decline("not a polynomial in power sums sum(l**k); with a concrete --d, "
+                      "symmetric polynomials such as prod(l) qualify")
+    if target.has(Eig):
+        raise Decline("sorted eigenvalues l[k] are not polynomials in the spectrum")
+    eigenvalues = eigenvalue_symbols(request.d)
+    explicit = expand_spectrum(target, eigenvalues)
+    if not explicit.is_polynomial(*eigenvalues):
+        raise Decline(f"not a polynomial in l_1..l_{request.d}")
+    notes.append(f"with d = {request.d}: symmetrize into elementary symmetric polynomials, "
+                 "then Newton's identities into power sums")
+    return symmetric_in_power_sums(explicit, eigenvalues), notes
+
+
+def derive(request: Request) -> Measure:
+    polynomial, notes = _as_power_sum_polynomial(request)
+    orders = {k for a in reductions(polynomial) if (k := _power_sum_order(a))}
+    order = max(orders, default=1)
+    if order > MAX_ORDER:
+        raise Decline(f"needs moments up to E[Q^{order}]; the limit is {MAX_ORDER}")
+    raw = phi_symbols(order)
+    kappas = cumulants_from_raw(raw)
+    power_sums = {ESum(lam**k): 2 * kappas[k - 1] / sp.factorial(k - 1) for k in range(1, order + 1)}
+    phi = sp.expand(polynomial.xreplace(power_sums))
+    psi = tuple(t**k for k in range(1, order + 1))
+    steps = (
+        f"target = {sp.sstr(request.target)}",
+        *notes,
+        f"as a polynomial in power sums: {sp.sstr(polynomial)}",
+        "cumulants of Q under N(0, I): kappa_k = (k-1)!/2 * p_k, so p_k = 2 kappa_k / (k-1)!",
+        f"kappa_k in raw moments t_k = E[Q^k], k = 1..{order}; psi = ({', '.join(map(sp.sstr, psi))})",
+    )
+    return make_measure(request, phi=phi, psi=psi, groups=(SampleGroup(Gaussian(), tuple(range(order))),),
+                        strategy=NAME, steps=steps)

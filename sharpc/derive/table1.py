@@ -1,0 +1,115 @@
+"""The rows of the paper's Table 1, matched up to a positive factor and an additive constant.
+
+Each row says: for this mu and psi, the spectral atom equals base_scale * phi(E psi) + base_offset.
+A target c * atom + k then keeps the row's phi (so strengths mean what they mean in
+the paper) and reports c * base_scale and k as dropped constants; a negative c flips phi.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy as sp
+
+from ..distributions import Distribution, Gaussian, Hypercube, Lebesgue, Sphere, t
+from ..measure import Domain, Measure, SampleGroup, phi_symbols
+from ..spectral import D, EProd, ESum, lam, reductions
+from . import Decline, Request, affine_in, make_measure, sign_of
+
+NAME = "table1"
+SUMMARY = "Table 1 of the paper: trace (sphere), Frobenius (Gaussian), det / log det (Lebesgue), prod(1 - s l)"
+
+t1, t2 = phi_symbols(2)
+_POSITIVE_DEFINITE = Domain(lower=0.0, strict_lower=True, reason="the Gaussian integral needs H > 0")
+
+
+@dataclass(frozen=True)
+class Row:
+    """atom = base_scale * phi(integral psi d mu) + base_offset, on ``domain``."""
+
+    name: str
+    atom: sp.Expr
+    phi: sp.Expr
+    psi: tuple[sp.Expr, ...]
+    distribution: Distribution
+    base_scale: sp.Expr
+    why: str
+    base_offset: sp.Expr = sp.Integer(0)
+    domain: Domain = Domain()
+    assumptions: tuple[str, ...] = ()
+    exact: bool = True
+
+
+def _lebesgue_rows(request: Request) -> tuple[Row, ...]:
+    if request.det_sampling == "hypercube":
+        a = request.half_width
+        mu: Distribution = Hypercube(a)
+        # E_cube[exp(-Q)] = (2a)^(-d) * (integral over the cube), and the cube integral tends to
+        # (2 pi)^(d/2) det(H)^(-1/2) as a grows: an approximation, not an identity.
+        scale = (2 * sp.pi) ** D / (2 * sp.Float(a)) ** (2 * D)
+        extra = (f"hypercube truncation [-{a:g}, {a:g}]^d: exact only as a -> infinity; "
+                 "on singular H it tracks the product of the non-zero eigenvalues",)
+        exact = False
+    else:
+        mu, scale, extra, exact = Lebesgue(request.half_width), (2 * sp.pi) ** D, (), True
+    common = dict(psi=(sp.exp(-t),), distribution=mu, domain=_POSITIVE_DEFINITE, exact=exact,
+                  assumptions=("H positive definite", *extra))
+    why = "int exp(-Q) dv = (2 pi)^(d/2) det(H)^(-1/2) (Gaussian integral)"
+    return (
+        Row("determinant", EProd(lam), t1**-2, base_scale=scale, why=why, **common),
+        Row("log-determinant", ESum(sp.log(lam)), -2 * sp.log(t1), base_scale=sp.Integer(1),
+            base_offset=sp.log(scale), why=why, **common),
+    )
+
+
+def rows(request: Request) -> tuple[Row, ...]:
+    """The Table 1 rows for this request (the det rows depend on the sampling option)."""
+    return (
+        Row("trace", ESum(lam), t1, (t,), Sphere(), base_scale=2 * D,
+            why="for v uniform on the sphere E[v v^T] = I/d, so E[Q] = tr(H)/(2d)"),
+        Row("Frobenius", ESum(lam**2), 2 * (t2 - t1**2), (t, t**2), Gaussian(), base_scale=sp.Integer(1),
+            why="for v ~ N(0, I): E[Q] = p1/2 and E[Q^2] = p1^2/4 + p2/2, so 2(E[Q^2] - E[Q]^2) = p2"),
+        *_lebesgue_rows(request),
+    )
+
+
+def _from_row(request: Request, row: Row, c: sp.Expr, k: sp.Expr) -> Measure:
+    sign = sign_of(c)
+    scale = sp.simplify(sign * c * row.base_scale)
+    offset = sp.simplify(k + c * row.base_offset)
+    steps = (
+        f"target = {sp.sstr(request.target)}",
+        f"Table 1 ({row.name}): {row.why}",
+        f"{sp.sstr(row.atom)} = {sp.sstr(row.base_scale)} * phi"
+        + (f" + {sp.sstr(row.base_offset)}" if row.base_offset != 0 else "")
+        + f" with phi = {sp.sstr(row.phi)}, psi = ({', '.join(map(sp.sstr, row.psi))}), mu = {row.distribution.describe()}",
+        f"target = {sp.sstr(scale)} * ({'-' if sign < 0 else ''}phi) + {sp.sstr(offset)}",
+    )
+    return make_measure(
+        request, phi=sign * row.phi, psi=row.psi,
+        groups=(SampleGroup(row.distribution, tuple(range(len(row.psi)))),),
+        strategy=NAME, steps=steps, scale=scale, offset=offset,
+        assumptions=row.assumptions, domain=row.domain, exact=row.exact,
+    )
+
+
+def derive(request: Request) -> Measure:
+    for row in rows(request):
+        fit = affine_in(request.target, row.atom)
+        if fit is not None:
+            return _from_row(request, row, *fit)
+    # The last row, prod(1 - sigma l), has a free sigma: the MGF strategy builds it.
+    from .mgf import shifted_determinant
+
+    atoms = reductions(request.target)
+    if len(atoms) == 1:
+        (atom,) = atoms
+        fit = affine_in(request.target, atom)
+        if fit is not None and isinstance(atom, EProd):
+            measure = shifted_determinant(request, atom, power=sp.Integer(1), fit=fit, strategy=NAME)
+            if measure is not None:
+                return measure
+    raise Decline("not c * (sum(l), sum(l**2), prod(l), sum(log(l)) or prod(1 - s*l)) + k")
+
+
+__all__ = ["NAME", "SUMMARY", "derive", "rows"]

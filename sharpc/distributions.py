@@ -1,0 +1,233 @@
+"""Perturbation distributions mu: how to sample them, and what they integrate to.
+
+Each distribution knows three things about itself, so no other module special-cases it:
+
+* ``sample`` draws an ``(n, d)`` torch tensor for the optimizer (torch is imported lazily:
+  the compile path must not pay for it);
+* ``closed_form(psi)`` gives the integral of psi(1/2 v^T H v) d mu(v) as a spectral
+  expression when one is known (the verifier's symbolic certificate);
+* ``mc_sample`` draws numpy samples with importance weights (all ones for probability
+  measures) for the verifier's Monte Carlo check.
+
+``invariances`` names the groups G with g.mu = mu (Theorem 11): a G-invariant mu gives
+a G-invariant sharpness measure whatever phi and psi are.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+import sympy as sp
+
+from .cumulants import gaussian_raw_moment
+from .spectral import D, EProd, lam
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
+
+#: The scalar argument of psi.
+t = sp.Symbol("t", real=True)
+
+
+def _monomial_terms(psi: sp.Expr) -> list[tuple[sp.Expr, sp.Expr]] | None:
+    """Split psi into (coefficient, basis term) pairs with t-free coefficients."""
+    terms = []
+    for term in sp.Add.make_args(sp.expand(psi, power_exp=False)):
+        coeff, basis = term.as_independent(t, as_Add=False)
+        terms.append((coeff, basis))
+    return terms
+
+
+def _exp_rate(basis: sp.Expr) -> sp.Expr | None:
+    """s when basis == exp(s*t) with s a t-free constant."""
+    if isinstance(basis, sp.exp):
+        rate = sp.simplify(basis.args[0] / t)
+        if not rate.has(t):
+            return rate
+    return None
+
+
+def _power(basis: sp.Expr) -> int | None:
+    """k when basis == t**k for a positive integer k (1 counts: t**1)."""
+    if basis == t:
+        return 1
+    if basis.is_Pow and basis.base == t and basis.exp.is_Integer and basis.exp > 0:
+        return int(basis.exp)
+    if basis == 1:
+        return 0
+    return None
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """Base class: a (Borel) measure on R^d, independent of d until sampled."""
+
+    name: ClassVar[str] = "distribution"
+    invariances: ClassVar[tuple[str, ...]] = ()
+    is_probability: ClassVar[bool] = True
+
+    def describe(self) -> str:
+        return self.name
+
+    def sample(self, n: int, d: int, *, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def mc_sample(self, n: int, d: int, rng: np.random.Generator,
+                  spectrum: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Samples v (n, d) and weights w (n,) with E[w psi(Q(v))] = integral of psi(Q) d mu."""
+        raise NotImplementedError
+
+    def closed_form(self, psi: sp.Expr) -> sp.Expr | None:
+        """The integral of psi(1/2 v^T H v) d mu(v) in spectral atoms, or None if unknown."""
+        return None
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, **{k: float(v) for k, v in self.__dict__.items()}}
+
+
+@dataclass(frozen=True)
+class Gaussian(Distribution):
+    """Standard normal N(0, I_d): moments from cumulants, exp(s Q) from the MGF."""
+
+    name: ClassVar[str] = "gaussian"
+    invariances: ClassVar[tuple[str, ...]] = ("orthogonal O(d)",)
+
+    def describe(self) -> str:
+        return "N(0, I_d)"
+
+    def sample(self, n, d, *, generator=None, device=None, dtype=None):
+        import torch
+
+        return torch.randn(n, d, generator=generator, device=device, dtype=dtype)
+
+    def mc_sample(self, n, d, rng, spectrum):
+        return rng.standard_normal((n, d)), np.ones(n)
+
+    def closed_form(self, psi):
+        total = sp.Integer(0)
+        for coeff, basis in _monomial_terms(psi):
+            k = _power(basis)
+            rate = _exp_rate(basis)
+            if k is not None:
+                total += coeff * (gaussian_raw_moment(k) if k else 1)
+            elif rate is not None:
+                # E[exp(s Q)] = prod_i (1 - s l_i)^(-1/2), valid while s * l_i < 1.
+                total += coeff * EProd(1 - rate * lam) ** sp.Rational(-1, 2)
+            else:
+                return None
+        return total
+
+
+@dataclass(frozen=True)
+class Sphere(Distribution):
+    """Uniform on the unit sphere S^(d-1), normalized over all d coordinates together.
+
+    v = z/|z| with z Gaussian, and |z| is independent of z/|z|, so
+    E_sphere[Q^k] = E_gauss[Q^k] / E|z|^(2k) = E_gauss[Q^k] / (d (d+2) ... (d+2k-2)).
+    """
+
+    name: ClassVar[str] = "sphere"
+    invariances: ClassVar[tuple[str, ...]] = ("orthogonal O(d)",)
+
+    def describe(self) -> str:
+        return "Uniform(S^(d-1))"
+
+    def sample(self, n, d, *, generator=None, device=None, dtype=None):
+        import torch
+
+        z = torch.randn(n, d, generator=generator, device=device, dtype=dtype)
+        return z / torch.linalg.vector_norm(z, dim=1, keepdim=True)
+
+    def mc_sample(self, n, d, rng, spectrum):
+        z = rng.standard_normal((n, d))
+        return z / np.linalg.norm(z, axis=1, keepdims=True), np.ones(n)
+
+    def closed_form(self, psi):
+        total = sp.Integer(0)
+        for coeff, basis in _monomial_terms(psi):
+            k = _power(basis)
+            if k is None:
+                return None
+            norm_moment = sp.Mul(*(D + 2 * j for j in range(k)))
+            total += coeff * (gaussian_raw_moment(k) / norm_moment if k else 1)
+        return total
+
+
+@dataclass(frozen=True)
+class Hypercube(Distribution):
+    """Uniform on [-a, a]^d: the truncated Lebesgue measure, normalized to mass 1."""
+
+    half_width: float = 1.0
+    name: ClassVar[str] = "hypercube"
+    invariances: ClassVar[tuple[str, ...]] = ("coordinate permutations", "coordinate sign flips")
+
+    def describe(self) -> str:
+        return f"Uniform([-{self.half_width:g}, {self.half_width:g}]^d)"
+
+    def sample(self, n, d, *, generator=None, device=None, dtype=None):
+        import torch
+
+        u = torch.rand(n, d, generator=generator, device=device, dtype=dtype)
+        return (2 * u - 1) * self.half_width
+
+    def mc_sample(self, n, d, rng, spectrum):
+        return rng.uniform(-self.half_width, self.half_width, (n, d)), np.ones(n)
+
+
+@dataclass(frozen=True)
+class Lebesgue(Distribution):
+    """The Lebesgue measure on R^d (not a probability measure).
+
+    It cannot be sampled; the optimizer samples the hypercube [-truncation, truncation]^d
+    instead, which estimates (2 a)^(-d) times the truncated integral. The verifier uses
+    importance sampling from N(0, s^2 I) with s^2 = 1/l_min, which has finite variance for
+    exp(-Q) whenever H is positive definite.
+    """
+
+    truncation: float = 1.0
+    name: ClassVar[str] = "lebesgue"
+    invariances: ClassVar[tuple[str, ...]] = ("volume-preserving linear maps SL^±(d)",
+                                              "diagonal scalings with det 1")
+    is_probability: ClassVar[bool] = False
+
+    def describe(self) -> str:
+        return f"Lebesgue(R^d), sampled on [-{self.truncation:g}, {self.truncation:g}]^d"
+
+    def sample(self, n, d, *, generator=None, device=None, dtype=None):
+        return Hypercube(self.truncation).sample(n, d, generator=generator, device=device, dtype=dtype)
+
+    def mc_sample(self, n, d, rng, spectrum):
+        scale = 1.0 / math.sqrt(max(float(np.min(spectrum)), 1e-12))
+        v = rng.standard_normal((n, d)) * scale
+        log_w = 0.5 * d * math.log(2 * math.pi * scale**2) + 0.5 * np.sum(v**2, axis=1) / scale**2
+        return v, np.exp(log_w)
+
+    def closed_form(self, psi):
+        total = sp.Integer(0)
+        for coeff, basis in _monomial_terms(psi):
+            rate = _exp_rate(basis)
+            if rate is None or not (rate.is_number and rate < 0):
+                return None
+            # Gaussian integral: int exp(-c Q) dv = (2 pi / c)^(d/2) det(H)^(-1/2), H > 0.
+            total += coeff * (2 * sp.pi / -rate) ** (D / 2) * EProd(lam) ** sp.Rational(-1, 2)
+        return total
+
+
+@dataclass(frozen=True)
+class Dirac(Distribution):
+    """A point mass at the normalized gradient (SAM's ascent direction), chosen at step time."""
+
+    name: ClassVar[str] = "dirac(grad/|grad|)"
+    invariances: ClassVar[tuple[str, ...]] = ()
+
+    def describe(self) -> str:
+        return "delta(grad L / |grad L|)"
+
+
+REGISTRY: dict[str, type[Distribution]] = {
+    cls.name: cls for cls in (Gaussian, Sphere, Hypercube, Lebesgue)
+}

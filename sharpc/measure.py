@@ -1,0 +1,156 @@
+"""The compiler's IR: a (phi, psi, mu) triple and everything needed to trust it.
+
+A :class:`Measure` states the identity
+
+    target(l) = scale * phi( integral psi_1(Q) d mu_1, ..., integral psi_m(Q) d mu_m ) + offset
+
+with Q = 1/2 v^T H v, for every spectrum inside ``domain``. ``scale > 0`` and ``offset``
+are the constants the optimizer drops (they do not change its bias); they are kept here
+and printed so nothing is folded silently.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import sympy as sp
+
+from .distributions import Distribution, t
+from .spectral import D
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .verify import VerificationReport
+
+
+def phi_symbols(m: int) -> tuple[sp.Symbol, ...]:
+    """The arguments t1..tm of phi (one per psi component)."""
+    return tuple(sp.Symbol(f"t{i}", real=True) for i in range(1, m + 1))
+
+
+@dataclass(frozen=True)
+class Domain:
+    """Spectra for which the identity holds: lower <= l_i <= upper (strict when flagged)."""
+
+    lower: float = -math.inf
+    upper: float = math.inf
+    strict_lower: bool = False
+    reason: str = ""
+
+    def contains(self, spectrum) -> bool:
+        lo_ok = all((x > self.lower) if self.strict_lower else (x >= self.lower) for x in spectrum)
+        return lo_ok and all(x <= self.upper for x in spectrum)
+
+    def describe(self) -> str:
+        if math.isinf(self.lower) and math.isinf(self.upper):
+            return "all real spectra"
+        lo = "" if math.isinf(self.lower) else f"{self.lower:g} {'<' if self.strict_lower else '<='} "
+        hi = "" if math.isinf(self.upper) else f" <= {self.upper:g}"
+        return f"{lo}l_i{hi}"
+
+
+@dataclass(frozen=True)
+class SampleGroup:
+    """psi components that are averaged over the *same* samples of one distribution."""
+
+    distribution: Distribution
+    components: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A compiled sharpness measure (see the module docstring for the identity it states)."""
+
+    source: str
+    target: sp.Expr
+    d: int | None
+    phi: sp.Expr
+    psi: tuple[sp.Expr, ...]
+    groups: tuple[SampleGroup, ...]
+    strategy: str
+    steps: tuple[str, ...]
+    scale: sp.Expr = sp.Integer(1)
+    offset: sp.Expr = sp.Integer(0)
+    assumptions: tuple[str, ...] = ()
+    domain: Domain = field(default_factory=Domain)
+    exact: bool = True
+
+    # ----------------------------------------------------------------- structure
+    @property
+    def m(self) -> int:
+        """Number of psi components (the dimension of phi's argument)."""
+        return len(self.psi)
+
+    @property
+    def phi_args(self) -> tuple[sp.Symbol, ...]:
+        return phi_symbols(self.m)
+
+    @property
+    def psi_arg(self) -> sp.Symbol:
+        return t
+
+    def distribution_of(self, component: int) -> Distribution:
+        for group in self.groups:
+            if component in group.components:
+                return group.distribution
+        raise KeyError(component)
+
+    @property
+    def constants_dropped(self) -> tuple[str, ...]:
+        """Human-readable list of the positive factor and additive constant not in phi."""
+        dropped = []
+        if self.scale != 1:
+            dropped.append(f"positive factor {sp.sstr(self.scale)}: target = {sp.sstr(self.scale)} * S")
+        if self.offset != 0:
+            dropped.append(f"additive constant {sp.sstr(self.offset)}")
+        return tuple(dropped)
+
+    def cost(self, n_samples: str | int = "n") -> str:
+        """Gradient evaluations per optimizer step: one clean pass plus n per sample group."""
+        groups = len(self.groups)
+        if isinstance(n_samples, int):
+            return str(1 + groups * n_samples)
+        return f"1 + {groups}*{n_samples}" if groups > 1 else f"1 + {n_samples}"
+
+    def regularizer_value(self, component_means: Any) -> sp.Expr:
+        """phi at the given component means (symbolic or numeric)."""
+        return self.phi.subs(dict(zip(self.phi_args, component_means)))
+
+    # ----------------------------------------------------------------- pipeline
+    def verify(self, **options: Any) -> VerificationReport:
+        """Symbolic certificate and Monte Carlo check of the identity; see :mod:`sharpc.verify`."""
+        from .verify import verify
+
+        return verify(self, **options)
+
+    def optimizer_class(self, name: str | None = None):
+        """A ``torch.optim.Optimizer`` subclass minimizing L + strength * rho^2 * R_rho."""
+        from .optim import optimizer_class
+
+        return optimizer_class(self, name=name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready description (the CLI's ``--json``)."""
+        return {
+            "source": self.source,
+            "target": sp.sstr(self.target),
+            "d": self.d if self.d is not None else str(D),
+            "strategy": self.strategy,
+            "m": self.m,
+            "phi": sp.sstr(self.phi),
+            "psi": [sp.sstr(p) for p in self.psi],
+            "groups": [
+                {"distribution": g.distribution.describe(), "components": list(g.components),
+                 "invariances": list(g.distribution.invariances)}
+                for g in self.groups
+            ],
+            "scale": sp.sstr(self.scale),
+            "offset": sp.sstr(self.offset),
+            "constants_dropped": list(self.constants_dropped),
+            "assumptions": list(self.assumptions),
+            "domain": self.domain.describe(),
+            "exact": self.exact,
+            "cost_per_step": self.cost(),
+            "steps": list(self.steps),
+        }

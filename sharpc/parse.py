@@ -1,0 +1,336 @@
+"""Read a user's sharpness target into SymPy without running any of it.
+
+The text is a Python *expression*, read by ``ast.parse`` and rebuilt node by node
+by a whitelist visitor out of :mod:`sharpc.spectral` objects. Nothing in it is
+ever evaluated as code: ``sympify``/``parse_expr`` call ``eval``, so they never
+see user text. Sizes are bounded before anything is built, because SymPy happily
+spends hours on ``l**(9**9**9)`` or on expanding a reduction's body.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+import re
+import warnings
+
+import sympy as sp
+
+from .errors import ParseError
+from .spectral import D, EMax, EMin, EProd, ESum, Eig, lam, substitute_d
+
+MAX_LENGTH = 2000  #: characters of target text
+MAX_NODES = 500  #: expression nodes in the syntax tree
+MAX_DEPTH = 50  #: nesting of expression nodes
+MAX_EXPONENT = 64  #: largest |exponent| in ``a**b``
+MAX_LITERAL = 10**12  #: largest |number| written in the text
+MAX_MAGNITUDE = 10**300  #: largest |constant| built from literals
+MAX_BITS = 8192  #: largest numerator/denominator of an exact constant
+MAX_TERMS = 500  #: estimated terms after expanding all reduction bodies
+
+LANGUAGE_HELP = """\
+A target is an expression in the Hessian eigenvalues l = (l_1, ..., l_d), e.g.
+  sum(l**2)    prod(1 - l/10)    max(l)    mean(abs(l))    sum(l**3) - 2*sum(l)*sum(l**2)
+Reductions (not nested): sum, prod, max, min, mean; inside one, l is a single eigenvalue.
+l[k] is the k-th largest eigenvalue (l[-1] the smallest); d is the number of eigenvalues.
+Functions: exp log sqrt abs sin cos tanh sign, maximum(a, b), minimum(a, b); constants pi, E.
+Operators: + - * / ** (exponents are constants with |value| <= 64).
+"""
+
+_REDUCTIONS = {"sum": ESum, "prod": EProd, "max": EMax, "min": EMin, "mean": ESum}
+#: name -> (SymPy function, number of arguments)
+_FUNCTIONS = {
+    "exp": (sp.exp, 1), "log": (sp.log, 1), "sqrt": (sp.sqrt, 1), "abs": (sp.Abs, 1),
+    "sin": (sp.sin, 1), "cos": (sp.cos, 1), "tanh": (sp.tanh, 1), "sign": (sp.sign, 1),
+    "maximum": (sp.Max, 2), "minimum": (sp.Min, 2),
+}
+_CONSTANTS = {"pi": sp.pi, "E": sp.E}
+_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
+_UNDEFINED = (sp.zoo, sp.nan, sp.oo, sp.S.NegativeInfinity)
+_VECTOR = "l is a vector: reduce it with sum, prod, max, min or mean"
+_UNKNOWN = "expected l, d, pi, E or a function ({})".format(", ".join([*_REDUCTIONS, *_FUNCTIONS]))
+#: What to call the constructs the language leaves out, in error messages.
+_CONSTRUCTS = {
+    ast.Attribute: "attribute access", ast.Lambda: "lambda", ast.Compare: "comparison",
+    ast.BoolOp: "and/or", ast.IfExp: "if/else", ast.NamedExpr: "assignment (:=)",
+    ast.ListComp: "a comprehension", ast.SetComp: "a comprehension", ast.DictComp: "a comprehension",
+    ast.GeneratorExp: "a comprehension", ast.JoinedStr: "an f-string", ast.Tuple: "a tuple",
+    ast.List: "a list", ast.Set: "a set", ast.Dict: "a dict", ast.Starred: "unpacking (*)",
+    ast.Slice: "slicing", ast.Await: "await", ast.Yield: "yield", ast.YieldFrom: "yield",
+    ast.MatMult: "@", ast.Mod: "%", ast.FloorDiv: "//", ast.LShift: "<<", ast.RShift: ">>",
+    ast.BitOr: "|", ast.BitXor: "^", ast.BitAnd: "&", ast.Invert: "~", ast.Not: "not",
+}
+
+
+def parse(text: str, d: int | None = None) -> sp.Expr:
+    """The target ``text`` as a SymPy expression; ``d`` binds the spectrum length.
+
+    Every failure, for any input, is a :class:`ParseError` with a one-line message.
+    """
+    try:
+        return _parse(text, d)
+    except ParseError:
+        raise
+    except (RecursionError, MemoryError):
+        raise ParseError("target is too deeply nested or too large", _as_text(text)) from None
+    except Exception as exc:  # noqa: BLE001 - the promise is "only ParseError escapes"
+        raise ParseError(f"could not parse: {_one_line(exc)}", _as_text(text)) from exc
+
+
+def _parse(text: str, d: int | None) -> sp.Expr:
+    if not isinstance(text, str):
+        raise ParseError(f"target must be a string, not {type(text).__name__}")
+    if d is not None:
+        if isinstance(d, bool) or not hasattr(type(d), "__index__") or operator.index(d) < 1:
+            raise ParseError(f"d must be a positive integer, got {d!r}")
+        d = operator.index(d)
+    if len(text) > MAX_LENGTH:
+        raise ParseError(f"target is too long ({len(text)} characters, max {MAX_LENGTH})")
+    source = text.lstrip(" \t\f\r\n")  # ast rejects leading indentation; eval() would not
+    if not source.strip():
+        raise ParseError("target is empty", text, 0)
+    builder = _Builder(text, len(text) - len(source), d)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. invalid escapes in string literals
+            tree = ast.parse(source, mode="eval")
+    except SyntaxError as exc:
+        raise builder.error(f"syntax error: {exc.msg}", exc.lineno, exc.offset, one_based=True) from None
+    builder.check_size(tree)
+    return substitute_d(builder.visit(tree), d)
+
+
+class _Builder(ast.NodeVisitor):
+    """Turns a syntax tree into SymPy, one whitelisted node type per method."""
+
+    def __init__(self, text: str, lead: int, d: int | None):
+        self.text, self.lead, self.d = text, lead, d
+        self.source = text[lead:]
+        self.line_starts = [0] + [m.end() for m in re.finditer(r"\r\n|\r|\n", self.source)]
+        self.in_reduction = False
+        self.terms_left = MAX_TERMS
+
+    # -- errors and limits ---------------------------------------------------------
+
+    def error(self, message: str, line: int | None, col: int | None, one_based: bool = False) -> ParseError:
+        """A ParseError at (line, col), converted to an offset into the whole text."""
+        position = None
+        if line is not None and col is not None and 1 <= line <= len(self.line_starts):
+            start = self.line_starts[line - 1]
+            if one_based:  # SyntaxError: 1-based characters (0 when unknown)
+                chars = col - 1 if col > 0 else len(self.source) - start
+            else:  # ast nodes: 0-based UTF-8 bytes
+                chars = len(self.source[start:].encode()[:col].decode(errors="ignore"))
+            position = min(max(self.lead + start + chars, 0), len(self.text))
+        return ParseError(message, self.text, position)
+
+    def fail(self, message: str, node: ast.AST) -> ParseError:
+        return self.error(message, getattr(node, "lineno", None), getattr(node, "col_offset", None))
+
+    def check_size(self, tree: ast.AST) -> None:
+        """Node count and depth, measured without recursion so deep trees cannot crash it."""
+        count, stack = 0, [(tree, 0)]
+        while stack:
+            node, depth = stack.pop()
+            if isinstance(node, ast.expr):
+                count, depth = count + 1, depth + 1
+                if count > MAX_NODES:
+                    raise ParseError(f"target is too large (over {MAX_NODES} nodes)", self.text)
+                if depth > MAX_DEPTH:
+                    raise self.fail(f"target is nested too deeply (over {MAX_DEPTH} levels)", node)
+            stack.extend((child, depth) for child in ast.iter_child_nodes(node))
+
+    def visit(self, node: ast.AST) -> sp.Expr:
+        """Build ``node``, then refuse undefined or huge constants at the node that made them."""
+        value = super().visit(node)
+        if value.has(*_UNDEFINED):
+            raise self.fail("division by zero or undefined value", node)
+        if value.is_number and not value.has(Eig) and not _bounded(value):
+            raise self.fail("number too large", node)
+        return value
+
+    def generic_visit(self, node: ast.AST) -> sp.Expr:
+        what = _CONSTRUCTS.get(type(node), type(node).__name__)
+        raise self.fail(f"{what} is not allowed", node)
+
+    # -- leaves --------------------------------------------------------------------
+
+    def visit_Expression(self, node: ast.Expression) -> sp.Expr:
+        return self.visit(node.body)
+
+    def visit_Constant(self, node: ast.Constant) -> sp.Expr:
+        value = node.value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            kinds = {str: "strings are", bytes: "strings are", complex: "complex numbers are"}
+            raise self.fail(f"{kinds.get(type(value), repr(value) + ' is')} not allowed", node)
+        if not abs(value) <= MAX_LITERAL:  # also catches inf
+            raise self.fail(f"number too large (max {MAX_LITERAL:.0e})", node)
+        # repr of a float is its shortest decimal form: 0.1 -> 1/10 exactly.
+        return sp.Integer(value) if isinstance(value, int) else sp.Rational(repr(value))
+
+    def visit_Name(self, node: ast.Name) -> sp.Expr:
+        name = node.id
+        if name == "l":
+            if not self.in_reduction:
+                raise self.fail(_VECTOR, node)
+            return lam
+        if name == "d":
+            return D
+        if name in _CONSTANTS:
+            return _CONSTANTS[name]
+        if name in _REDUCTIONS or name in _FUNCTIONS:
+            raise self.fail(f"{name} is a function: call it as {name}(...)", node)
+        raise self.fail(f"unknown name {name!r}; {_UNKNOWN}", node)
+
+    def visit_Subscript(self, node: ast.Subscript) -> sp.Expr:
+        """``l[k]``: the k-th largest eigenvalue, for an integer literal k."""
+        if not (isinstance(node.value, ast.Name) and node.value.id == "l"):
+            raise self.fail("indexing is only allowed as l[k]", node)
+        if self.in_reduction:
+            raise self.fail("l[k] cannot be used inside a reduction (there l is one eigenvalue)", node)
+        index = _int_literal(node.slice)
+        if index is None:
+            raise self.fail("the index in l[k] must be an integer literal", node.slice)
+        if self.d is not None:
+            if not -self.d <= index < self.d:
+                raise self.fail(f"index {index} is out of range for d = {self.d}", node.slice)
+            index %= self.d
+        elif abs(index) > MAX_LITERAL:
+            raise self.fail(f"number too large (max {MAX_LITERAL:.0e})", node.slice)
+        return Eig(index)
+
+    # -- operators -----------------------------------------------------------------
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> sp.Expr:
+        if isinstance(node.op, ast.USub):
+            return -self.visit(node.operand)
+        if isinstance(node.op, ast.UAdd):
+            return self.visit(node.operand)
+        raise self.fail(f"{_CONSTRUCTS.get(type(node.op), 'this operator')} is not allowed", node)
+
+    def visit_BinOp(self, node: ast.BinOp) -> sp.Expr:
+        if isinstance(node.op, ast.Pow):
+            return self._power(node)
+        if not isinstance(node.op, (*_BINARY, ast.Div)):
+            raise self.fail(f"{_CONSTRUCTS.get(type(node.op), 'this operator')} is not allowed", node)
+        left, right = self.visit(node.left), self.visit(node.right)
+        if isinstance(node.op, ast.Div):
+            if right == 0:
+                raise self.fail("division by zero", node.right)
+            return left / right
+        return _BINARY[type(node.op)](left, right)
+
+    def _power(self, node: ast.BinOp) -> sp.Expr:
+        """``a**b`` with a constant, real, bounded ``b``, checked before SymPy computes it."""
+        base, exponent = self.visit(node.left), self.visit(node.right)
+        if not exponent.is_number or exponent.has(Eig):
+            raise self.fail("exponent must be a constant (no l, d or l[k])", node.right)
+        approx = _approximate(exponent)
+        if approx is None or approx.imag != 0:
+            raise self.fail("exponent must be a real number", node.right)
+        if not abs(approx.real) <= MAX_EXPONENT:
+            raise self.fail(f"exponent too large (max {MAX_EXPONENT})", node.right)
+        if base.is_Rational and exponent.is_Rational:
+            bits = max(base.p.bit_length(), base.q.bit_length()) * abs(exponent)
+            if bits > MAX_BITS:
+                raise self.fail("number too large", node)
+            if base == 0 and exponent < 0:
+                raise self.fail("division by zero", node)
+        return base**exponent
+
+    # -- calls ---------------------------------------------------------------------
+
+    def visit_Call(self, node: ast.Call) -> sp.Expr:
+        if not isinstance(node.func, ast.Name):
+            self.visit(node.func)  # names the forbidden construct, e.g. attribute access
+            raise self.fail("only the listed functions can be called", node)
+        name = node.func.id
+        if name not in _REDUCTIONS and name not in _FUNCTIONS:
+            if name in ("l", "d", *_CONSTANTS):
+                raise self.fail(f"{name} is not a function", node.func)
+            raise self.fail(f"unknown name {name!r}; {_UNKNOWN}", node.func)
+        if node.keywords:
+            raise self.fail("keyword arguments are not allowed", node.keywords[0])
+        arity = _FUNCTIONS[name][1] if name in _FUNCTIONS else 1
+        if len(node.args) != arity:
+            plural = "s" if arity > 1 else ""
+            hint = f"; for two values use {name}imum(a, b)" if name in ("max", "min") else ""
+            raise self.fail(f"{name} takes exactly {arity} argument{plural} ({len(node.args)} given){hint}", node)
+        if name in _REDUCTIONS:
+            return self._reduce(name, node)
+        return _FUNCTIONS[name][0](*(self.visit(arg) for arg in node.args))
+
+    def _reduce(self, name: str, node: ast.Call) -> sp.Expr:
+        """A reduction: its argument is built elementwise, in the generic eigenvalue."""
+        if self.in_reduction:
+            raise self.fail("reductions cannot be nested", node)
+        self.in_reduction = True
+        try:
+            body = self.visit(node.args[0])
+        finally:
+            self.in_reduction = False
+        # ESum/EProd expand their body on construction; bound that work first.
+        self.terms_left -= _terms(body, self.terms_left)
+        if self.terms_left < 0:
+            raise self.fail(f"target is too complex (expands to over {MAX_TERMS} terms)", node)
+        value = _REDUCTIONS[name](body)
+        return value / D if name == "mean" else value
+
+
+def _int_literal(node: ast.expr) -> int | None:
+    """The value of ``k``, ``-k`` or ``+k`` for an int literal k, else None."""
+    sign = 1
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        sign, node = (-1 if isinstance(node.op, ast.USub) else 1), node.operand
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return sign * node.value
+    return None
+
+
+def _approximate(value: sp.Expr) -> complex | None:
+    """A numeric value for a constant built from bounded parts (so evalf stays cheap)."""
+    try:
+        return complex(value.evalf(15))
+    except OverflowError:
+        return complex(math.inf)
+    except (TypeError, ValueError):
+        return None
+
+
+def _bounded(value: sp.Expr) -> bool:
+    """Whether a constant stays within MAX_MAGNITUDE (and, if exact, MAX_BITS)."""
+    if value.is_Rational:
+        return max(value.p.bit_length(), value.q.bit_length()) <= MAX_BITS and abs(value.p) <= MAX_MAGNITUDE * value.q
+    approx = _approximate(value)
+    return approx is None or abs(approx) <= MAX_MAGNITUDE
+
+
+def _terms(expr: sp.Expr, cap: int) -> int:
+    """An upper bound (saturating just above ``cap``) on the terms ``expand`` makes of ``expr``."""
+    if expr.is_Add:
+        return min(sum(_terms(arg, cap) for arg in expr.args), cap + 1)
+    if expr.is_Mul:
+        return min(math.prod(_terms(arg, cap) for arg in expr.args), cap + 1)
+    if expr.is_Pow and expr.exp.is_Integer and expr.exp > 0:
+        k, n = _terms(expr.base, cap), int(expr.exp)
+        count, top, m = 1, max(n, k - 1), min(n, k - 1)  # monomials of degree n in k terms
+        for i in range(1, m + 1):
+            count = count * (top + i) // i
+            if count > cap:
+                return cap + 1
+        return count
+    # Functions and other powers are not multiplied out, but their arguments are expanded.
+    return max(1, min(sum(_terms(arg, cap) for arg in expr.args), cap + 1))
+
+
+def _as_text(text: object) -> str:
+    return text if isinstance(text, str) else ""
+
+
+def _one_line(exc: BaseException) -> str:
+    try:
+        message = f"{type(exc).__name__}: {exc}"
+    except Exception:  # noqa: BLE001 - str() of some exceptions fails (e.g. huge ints)
+        message = type(exc).__name__
+    return " ".join(message.split())[:200]
