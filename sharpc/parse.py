@@ -146,12 +146,15 @@ class _Builder(ast.NodeVisitor):
         value = super().visit(node)
         if value.has(*_UNDEFINED):
             raise self.fail("division by zero or undefined value", node)
-        if value.is_number and not value.has(Eig) and not _bounded(value):
-            raise self.fail("number too large", node)
+        problem = _constant_problem(value) if value.is_number and not value.has(Eig) else None
+        if problem:
+            raise self.fail(problem, node)
         return value
 
     def generic_visit(self, node: ast.AST) -> sp.Expr:
         what = _CONSTRUCTS.get(type(node), type(node).__name__)
+        if isinstance(node, ast.Attribute):  # point at the dot, not at what precedes it
+            raise self.error(f"{what} is not allowed", node.value.end_lineno, node.value.end_col_offset)
         raise self.fail(f"{what} is not allowed", node)
 
     # -- leaves --------------------------------------------------------------------
@@ -259,7 +262,11 @@ class _Builder(ast.NodeVisitor):
             raise self.fail(f"{name} takes exactly {arity} argument{plural} ({len(node.args)} given){hint}", node)
         if name in _REDUCTIONS:
             return self._reduce(name, node)
-        return _FUNCTIONS[name][0](*(self.visit(arg) for arg in node.args))
+        args = [self.visit(arg) for arg in node.args]
+        try:
+            return _FUNCTIONS[name][0](*args)
+        except ValueError:  # sp.Max/Min refuse l[k]: Eig(k) claims to be a number it is not
+            raise self.fail(f"{name} of l[k] is not supported yet", node) from None
 
     def _reduce(self, name: str, node: ast.Call) -> sp.Expr:
         """A reduction: its argument is built elementwise, in the generic eigenvalue."""
@@ -298,12 +305,17 @@ def _approximate(value: sp.Expr) -> complex | None:
         return None
 
 
-def _bounded(value: sp.Expr) -> bool:
-    """Whether a constant stays within MAX_MAGNITUDE (and, if exact, MAX_BITS)."""
+def _constant_problem(value: sp.Expr) -> str | None:
+    """Why a constant is refused: beyond MAX_MAGNITUDE (or MAX_BITS if exact), or not real."""
     if value.is_Rational:
-        return max(value.p.bit_length(), value.q.bit_length()) <= MAX_BITS and abs(value.p) <= MAX_MAGNITUDE * value.q
+        small = max(value.p.bit_length(), value.q.bit_length()) <= MAX_BITS
+        return None if small and abs(value.p) <= MAX_MAGNITUDE * value.q else "number too large"
     approx = _approximate(value)
-    return approx is None or abs(approx) <= MAX_MAGNITUDE
+    if approx is None:
+        return None
+    if not abs(approx) <= MAX_MAGNITUDE:
+        return "number too large"
+    return "value is not a real number" if approx.imag != 0 else None
 
 
 def _terms(expr: sp.Expr, cap: int) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, reduce
 
 import numpy as np
 import sympy as sp
@@ -140,10 +140,18 @@ def _random_hessian(spectrum: np.ndarray, rng: np.random.Generator) -> np.ndarra
     return (q * spectrum) @ q.T
 
 
+#: The functions our expressions use; an explicit table keeps lambdify from importing all of numpy.
+_NUMPY = {
+    "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "Abs": np.abs, "sign": np.sign, "sin": np.sin,
+    "cos": np.cos, "tanh": np.tanh, "pi": np.pi, "E": np.e,
+    "Max": lambda *a: reduce(np.maximum, a), "Min": lambda *a: reduce(np.minimum, a),
+}
+
+
 @lru_cache(maxsize=64)
 def _numeric(expr: sp.Expr, args: tuple[sp.Symbol, ...]):
     # Our own expressions in our own symbols only: user text never reaches lambdify.
-    return sp.lambdify(args, expr, modules="numpy")
+    return sp.lambdify(args, expr, modules=[_NUMPY])
 
 
 def _target_value(measure: Measure, spectrum: np.ndarray) -> float:
@@ -159,7 +167,7 @@ def _estimate(measure: Measure, d: int, hessian: np.ndarray, spectrum: np.ndarra
     covariance = np.zeros((measure.m, measure.m))
     for group in measure.groups:
         v, weights = group.distribution.mc_sample(n, d, rng, spectrum)
-        q = 0.5 * np.einsum("ni,ij,nj->n", v, hessian, v)
+        q = 0.5 * np.sum((v @ hessian) * v, axis=1)
         with np.errstate(over="ignore", invalid="ignore"):
             values = np.stack([weights * np.broadcast_to(
                 _numeric(measure.psi[c].subs(D, d), (measure.psi_arg,))(q), q.shape) for c in group.components])

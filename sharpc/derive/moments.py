@@ -66,7 +66,7 @@ def symmetric_in_power_sums(poly: sp.Expr, eigenvalues: Sequence[sp.Symbol]) -> 
 def _as_power_sum_polynomial(request: Request) -> tuple[sp.Expr, list[str]]:
     target, notes = request.target, []
     atoms = reductions(target)
-    if atoms and all(_power_sum_order(a) for a in atoms):
+    if all(_power_sum_order(a) for a in atoms):
         return target, notes
     if request.d is None:
         raise Decline("not a polynomial in power sums sum(l**k); with a concrete --d, "

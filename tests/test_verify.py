@@ -1,0 +1,82 @@
+"""The verifier accepts right measures and rejects wrong ones by many standard errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import sympy as sp
+
+import sharpc
+from sharpc.distributions import Gaussian, Sphere
+from sharpc.measure import SampleGroup
+
+EXAMPLES = ["sum(l**2)", "sum(l)/d", "prod(l)", "prod(1 - l/10)", "sum(l**3) - 2*sum(l)*sum(l**2)",
+            "sum(log(1 - l/10))", "2*sum(l**2)", "prod(1 - 0.1*l)", "sum(log(l))", "prod(1 - l/10)**3"]
+
+
+@pytest.mark.parametrize("expression", EXAMPLES)
+def test_every_issue_example_is_certified_and_passes_monte_carlo(expression):
+    report = sharpc.compile(expression).verify()
+    assert report.certified is True, report.certificate
+    assert report.cases and report.passed, report.table()
+
+
+def test_concrete_d_prod_via_moments_passes():
+    report = sharpc.compile("prod(l)", d=3, strategy="moments").verify(samples=200_000)
+    assert report.certified and report.passed, report.table()
+
+
+def _broken(measure, **changes):
+    return dataclasses.replace(measure, **changes)
+
+
+@pytest.mark.parametrize("mutation", [
+    lambda m: _broken(m, phi=m.phi / 2),                                        # wrong constant in phi
+    lambda m: _broken(m, phi=m.phi.subs(m.phi_args[1], 2 * m.phi_args[1])),     # wrong phi shape
+    lambda m: _broken(m, groups=(SampleGroup(Sphere(), (0, 1)),)),              # wrong mu
+    lambda m: _broken(m, offset=sp.Integer(1)),                                 # wrong offset
+])
+def test_wrong_frobenius_measures_fail(mutation):
+    wrong = mutation(sharpc.compile("sum(l**2)"))
+    report = wrong.verify()
+    assert report.certified is False
+    assert not report.passed
+    assert max(abs(case.z) for case in report.cases) > 10
+
+
+def test_monte_carlo_alone_catches_a_wrong_measure():
+    wrong = _broken(sharpc.compile("prod(1 - l/10)"), phi=sharpc.compile("prod(1 - l/10)").phi ** 2)
+    report = wrong.verify(symbolic=False)
+    assert report.certified is None and not report.passed
+
+
+def test_wrong_distribution_for_trace_fails():
+    trace = sharpc.compile("sum(l)")
+    report = _broken(trace, groups=(SampleGroup(Gaussian(), (0,)),)).verify()
+    assert not report.passed
+
+
+def test_verification_is_seeded():
+    measure = sharpc.compile("sum(l**2)")
+    assert measure.verify(seed=3).to_dict() == measure.verify(seed=3).to_dict()
+    assert measure.verify(seed=3).to_dict() != measure.verify(seed=4).to_dict()
+
+
+def test_monte_carlo_spectra_respect_the_domain():
+    measure = sharpc.compile("prod(1 - l/2)")       # variance finite only for l < 1
+    report = measure.verify()
+    assert all(max(case.spectrum) < 1.0 for case in report.cases)
+    assert {case.kind for case in report.cases} >= {"indefinite", "singular", "clustered"}
+
+
+def test_positive_definite_domain_skips_indefinite_spectra():
+    report = sharpc.compile("prod(l)").verify()
+    assert {case.kind for case in report.cases} == {"clustered", "positive"}
+    assert all(min(case.spectrum) > 0 for case in report.cases)
+
+
+def test_approximate_measures_say_why_monte_carlo_does_not_apply():
+    report = sharpc.compile("prod(l)", det_sampling="hypercube").verify()
+    assert report.cases == () and "approximate" in report.notes[0]
+    assert report.certified is None
