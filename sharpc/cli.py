@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     comp = commands.add_parser("compile", help="derive and verify (phi, psi, mu) for a target",
                                description="Derive and verify (phi, psi, mu) for a target in the "
                                "Hessian eigenvalues l, e.g. 'sum(l**2)' or 'prod(1 - l/10)'.")
-    comp.add_argument("expression", help="target in eigenvalues l, e.g. 'sum(l**2)'")
+    comp.add_argument("expression", help="target in eigenvalues l, e.g. 'sum(l**2)' "
+                      "(put -- before a target that starts with '-')")
     comp.add_argument("--d", type=_positive_int, default=None, help="number of eigenvalues (default: symbolic)")
     comp.add_argument("--strategy", choices=list(REGISTRY), default=None, help="force one derivation strategy")
     comp.add_argument("--det-sampling", choices=("lebesgue", "hypercube"), default="lebesgue",
@@ -55,11 +56,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _describe(measure, report) -> str:
     args = ", ".join(map(str, measure.phi_args))
+    psi = ", ".join(map(sp.sstr, measure.psi))
     lines = [
         f"target       {sp.sstr(measure.target)}",
         f"strategy     {measure.strategy}",
-        f"phi({args}) = {sp.sstr(measure.phi)}",
-        f"psi(t)       = ({', '.join(map(sp.sstr, measure.psi))})",
+        f"phi          ({args}) -> {sp.sstr(measure.phi)}",
+        f"psi          t -> {psi if measure.m == 1 else f'({psi})'}",
     ]
     for number, group in enumerate(measure.groups, start=1):
         comps = ", ".join(f"psi_{c + 1}" for c in group.components)

@@ -18,7 +18,7 @@ import sympy as sp
 
 from ..errors import DerivationError
 from ..measure import Measure
-from ..spectral import reductions, substitute_d
+from ..spectral import EMax, EMin, Eig, reductions, substitute_d
 
 
 class Decline(Exception):
@@ -57,6 +57,22 @@ def sign_of(factor: sp.Expr) -> int:
     raise Decline(f"cannot decide the sign of the factor {sp.sstr(factor)} for every d")
 
 
+def tuple_text(exprs: tuple[sp.Expr, ...]) -> str:
+    """psi as people write it: ``t`` for one component, ``(t, t**2)`` for several."""
+    text = ", ".join(map(sp.sstr, exprs))
+    return text if len(exprs) == 1 else f"({text})"
+
+
+def relation(scale: sp.Expr, sign: int, offset: sp.Expr) -> str:
+    """The derivation's last line: how the target relates to S = phi(E psi)."""
+    text = "S" if sign > 0 else "-S"
+    if scale != 1:
+        text = f"{sp.sstr(scale)} * ({text})" if sign < 0 else f"{sp.sstr(scale)} * S"
+    if offset != 0:
+        text += f" + {sp.sstr(offset)}"
+    return f"target = {text}" + (" (phi carries the sign)" if sign < 0 else "")
+
+
 def make_measure(request: Request, **fields) -> Measure:
     """A Measure for ``request``, with the spectrum length bound wherever it is known."""
     if request.d is not None:
@@ -87,4 +103,8 @@ def derive(request: Request, strategy: str | None = None) -> Measure:
             return module.derive(request)
         except Decline as why:
             reasons.append(f"{module.NAME}: {why}")
-    raise DerivationError(f"no strategy represents {request.source!r} — " + "; ".join(reasons))
+    hint = ""
+    if request.target.has(EMax, EMin, Eig):
+        hint = (" (max, min and sorted eigenvalues need the universality constructions of Theorem 6, "
+                "which this version does not provide yet)")
+    raise DerivationError(f"no strategy represents {request.source!r}{hint} — " + "; ".join(reasons))

@@ -16,7 +16,7 @@ import sympy as sp
 from ..distributions import Gaussian, t
 from ..measure import Domain, Measure, SampleGroup, phi_symbols
 from ..spectral import D, EProd, ESum, lam, reductions
-from . import Decline, Request, affine_in, make_measure, sign_of
+from . import Decline, Request, affine_in, make_measure, relation, sign_of
 
 NAME = "mgf"
 SUMMARY = "Gaussian MGF: c * prod(1 + s*l)**a + k and c * sum(log(a0 + b*l)) + k"
@@ -53,7 +53,7 @@ def _gaussian_exp_measure(request: Request, sigma: sp.Expr, phi: sp.Expr, c: sp.
         f"target = {sp.sstr(request.target)}",
         f"for v ~ N(0, I): E[exp(sigma Q)] = prod(1 - sigma*l)**(-1/2) with sigma = {sp.sstr(sigma)}",
         why,
-        f"target = {sp.sstr(sign * c)} * ({'-' if sign < 0 else ''}phi) + {sp.sstr(offset)}",
+        relation(sign * c, sign, offset),
     )
     return make_measure(
         request, phi=sign * phi, psi=(sp.exp(sigma * t),), groups=(SampleGroup(Gaussian(), (0,)),),

@@ -21,7 +21,7 @@ from ..distributions import Gaussian, t
 from ..errors import DerivationError
 from ..measure import Measure, SampleGroup, phi_symbols
 from ..spectral import Eig, ESum, eigenvalue_symbols, expand_spectrum, lam, reductions
-from . import Decline, Request, make_measure
+from . import Decline, Request, make_measure, tuple_text
 
 NAME = "moments"
 SUMMARY = "polynomials in power sums p_k (any d) or symmetric polynomials (concrete d) via cumulants"
@@ -98,7 +98,7 @@ def derive(request: Request) -> Measure:
         *notes,
         f"as a polynomial in power sums: {sp.sstr(polynomial)}",
         "cumulants of Q under N(0, I): kappa_k = (k-1)!/2 * p_k, so p_k = 2 kappa_k / (k-1)!",
-        f"kappa_k in raw moments t_k = E[Q^k], k = 1..{order}; psi = ({', '.join(map(sp.sstr, psi))})",
+        f"kappa_k in raw moments t_k = E[Q^k], k = 1..{order}; psi = {tuple_text(psi)}",
     )
     return make_measure(request, phi=phi, psi=psi, groups=(SampleGroup(Gaussian(), tuple(range(order))),),
                         strategy=NAME, steps=steps)

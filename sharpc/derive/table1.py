@@ -14,7 +14,7 @@ import sympy as sp
 from ..distributions import Distribution, Gaussian, Hypercube, Lebesgue, Sphere, t
 from ..measure import Domain, Measure, SampleGroup, phi_symbols
 from ..spectral import D, EProd, ESum, lam, reductions
-from . import Decline, Request, affine_in, make_measure, sign_of
+from . import Decline, Request, affine_in, make_measure, relation, sign_of, tuple_text
 
 NAME = "table1"
 SUMMARY = "Table 1 of the paper: trace (sphere), Frobenius (Gaussian), det / log det (Lebesgue), prod(1 - s l)"
@@ -46,7 +46,7 @@ def _lebesgue_rows(request: Request) -> tuple[Row, ...]:
         mu: Distribution = Hypercube(a)
         # E_cube[exp(-Q)] = (2a)^(-d) * (integral over the cube), and the cube integral tends to
         # (2 pi)^(d/2) det(H)^(-1/2) as a grows: an approximation, not an identity.
-        scale = (2 * sp.pi) ** D / (2 * sp.Float(a)) ** (2 * D)
+        scale = (2 * sp.pi) ** D / (2 * sp.Rational(str(a))) ** (2 * D)
         extra = (f"hypercube truncation [-{a:g}, {a:g}]^d: exact only as a -> infinity; "
                  "on singular H it tracks the product of the non-zero eigenvalues",)
         exact = False
@@ -80,10 +80,10 @@ def _from_row(request: Request, row: Row, c: sp.Expr, k: sp.Expr) -> Measure:
     steps = (
         f"target = {sp.sstr(request.target)}",
         f"Table 1 ({row.name}): {row.why}",
-        f"{sp.sstr(row.atom)} = {sp.sstr(row.base_scale)} * phi"
+        f"{sp.sstr(row.atom)} = " + ("" if row.base_scale == 1 else f"{sp.sstr(row.base_scale)} * ") + "phi"
         + (f" + {sp.sstr(row.base_offset)}" if row.base_offset != 0 else "")
-        + f" with phi = {sp.sstr(row.phi)}, psi = ({', '.join(map(sp.sstr, row.psi))}), mu = {row.distribution.describe()}",
-        f"target = {sp.sstr(scale)} * ({'-' if sign < 0 else ''}phi) + {sp.sstr(offset)}",
+        + f" with phi = {sp.sstr(row.phi)}, psi = {tuple_text(row.psi)}, mu = {row.distribution.describe()}",
+        relation(scale, sign, offset),
     )
     return make_measure(
         request, phi=sign * row.phi, psi=row.psi,
