@@ -262,11 +262,13 @@ class _Builder(ast.NodeVisitor):
             raise self.fail(f"{name} takes exactly {arity} argument{plural} ({len(node.args)} given){hint}", node)
         if name in _REDUCTIONS:
             return self._reduce(name, node)
-        args = [self.visit(arg) for arg in node.args]
-        try:
-            return _FUNCTIONS[name][0](*args)
-        except ValueError:  # sp.Max/Min refuse l[k]: Eig(k) claims to be a number it is not
-            raise self.fail(f"{name} of l[k] is not supported yet", node) from None
+        function, args = _FUNCTIONS[name][0], [self.visit(arg) for arg in node.args]
+        if function not in (sp.Max, sp.Min) or all(arg.is_number and not arg.has(Eig) for arg in args):
+            return function(*args)
+        if any(arg.has(Eig) for arg in args):  # sp.Max/Min reject Eig(k): it claims is_number
+            raise self.fail(f"{name} of l[k] is not supported yet", node)
+        # Simplifying Max/Min of symbolic arguments runs pairwise assumption queries (seconds).
+        return function(*args, evaluate=False)
 
     def _reduce(self, name: str, node: ast.Call) -> sp.Expr:
         """A reduction: its argument is built elementwise, in the generic eigenvalue."""
