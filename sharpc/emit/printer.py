@@ -76,9 +76,6 @@ class TorchPrinter(AbstractPythonCodePrinter):
             name = f"torch.where({condition}, {name}, {name}.detach())"
         return name
 
-    def _print_Rational(self, expr):
-        return f"({expr.p}/{expr.q})"
-
     def _print_Pow(self, expr, rational=False):
         return self._hprint_Pow(expr, rational=rational, sqrt="torch.sqrt")
 
@@ -100,30 +97,28 @@ class TorchPrinter(AbstractPythonCodePrinter):
         return code
 
     def _print_Piecewise(self, expr):
-        branches = []
-        earlier = sp.false
+        # Each branch sees its symbols through torch.where(taken, x, x.detach()), so an
+        # untaken branch (log of a negative, say) cannot send NaN into the gradient.
+        branches, earlier = [], sp.false
         for value, condition in expr.args:
-            taken = sp.And(condition, sp.Not(earlier))
+            branches.append((value, condition == sp.true, sp.And(condition, sp.Not(earlier))))
             earlier = sp.Or(earlier, condition)
-            branches.append((value, taken))
-        code = None
-        for value, taken in reversed(branches):
+        code = "float('nan')"
+        for value, catch_all, taken in reversed(branches):
             if taken == sp.false:
                 continue
-            if taken == sp.true:
-                code = self._print(value)
-                continue
-            condition = self._print(taken)
-            self._guards.append(condition)
-            try:
-                branch = self._print(value)
-            finally:
-                self._guards.pop()
-            otherwise = code if code is not None else "float('nan')"
-            code = f"torch.where({condition}, {branch}, {otherwise})"
-        if code is None:
-            raise PrinterError(f"Piecewise with no reachable branch: {sp.sstr(expr)}")
+            branch = self._print_guarded(value, taken)
+            code = branch if catch_all else f"torch.where({self._print(taken)}, {branch}, {code})"
         return code
+
+    def _print_guarded(self, value, taken) -> str:
+        if taken == sp.true:
+            return self._print(value)
+        self._guards.append(self._print(taken))
+        try:
+            return self._print(value)
+        finally:
+            self._guards.pop()
 
     def _print_Relational(self, expr):
         # Python operators: tensor comparisons whichever side the tensor is on.
