@@ -27,7 +27,8 @@ __version__ = "0.1.0"
 
 
 def compile(expression: str, *, d: int | None = None, strategy: str | None = None,
-            det_sampling: str = "lebesgue", half_width: float = 1.0) -> Measure:  # noqa: A001
+            det_sampling: str = "lebesgue", half_width: float = 1.0,
+            bound: float | None = None) -> Measure:  # noqa: A001
     """Parse a target in the Hessian eigenvalues ``l`` and derive its (phi, psi, mu).
 
     Args:
@@ -38,6 +39,7 @@ def compile(expression: str, *, d: int | None = None, strategy: str | None = Non
         det_sampling: ``"lebesgue"`` (exact formal measure; the optimizer samples its truncation)
             or ``"hypercube"`` (the paper's Det-SAM: uniform on ``[-half_width, half_width]^d``).
         half_width: the truncation half-width for determinant measures.
+        bound: a bound |l_i| <= bound on the spectrum; the universality strategies need it.
     """
     if d is not None and (not isinstance(d, int) or isinstance(d, bool) or d < 1):
         raise SharpcError(f"d must be a positive integer, got {d!r}")
@@ -45,8 +47,12 @@ def compile(expression: str, *, d: int | None = None, strategy: str | None = Non
         raise SharpcError(f"det_sampling must be 'lebesgue' or 'hypercube', got {det_sampling!r}")
     if not half_width > 0:
         raise SharpcError(f"half_width must be positive, got {half_width!r}")
+    if bound is not None and not (isinstance(bound, (int, float)) and 0 < bound < float("inf")):
+        raise SharpcError(f"bound must be a positive finite number, got {bound!r}")
     target = parse(expression, d=d)
-    return derive(Request(expression, target, d=d, det_sampling=det_sampling, half_width=half_width), strategy)
+    request = Request(expression, target, d=d, det_sampling=det_sampling, half_width=half_width,
+                      bound=None if bound is None else float(bound))
+    return derive(request, strategy)
 
 
 def compile_optimizer(expression: str, *, name: str | None = None, **compile_options: Any):

@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--strategy", choices=list(REGISTRY), default=None, help="force one derivation strategy")
     comp.add_argument("--det-sampling", choices=("lebesgue", "hypercube"), default="lebesgue",
                       help="sampling for determinant measures (default: lebesgue)")
+    comp.add_argument("--bound", type=float, default=None,
+                      help="spectrum bound |l_i| <= BOUND (needed by the universality strategies)")
     comp.add_argument("--half-width", type=float, default=1.0, help="hypercube/truncation half-width (default 1)")
     comp.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     comp.add_argument("--no-verify", action="store_true", help="skip verification")
@@ -74,6 +76,8 @@ def _describe(measure, report) -> str:
         f"assumptions  {'; '.join(measure.assumptions) or 'none'}",
         f"domain       {measure.domain.describe()}",
         f"exact        {'yes' if measure.exact else 'no (approximation)'}",
+        *([f"samples      about {measure.recommended_samples(0.1)} per step for a 10% standard error "
+           f"(spectrum spread to the domain bounds)"] if measure.variance_per_sample is not None else []),
         "",
         "derivation",
         *(f"  {i}. {step}" for i, step in enumerate(measure.steps, start=1)),
@@ -93,7 +97,7 @@ def _describe(measure, report) -> str:
 def _compile(options: argparse.Namespace) -> int:
     from . import compile as compile_measure
 
-    measure = compile_measure(options.expression, d=options.d, strategy=options.strategy,
+    measure = compile_measure(options.expression, d=options.d, strategy=options.strategy, bound=options.bound,
                               det_sampling=options.det_sampling, half_width=options.half_width)
     report = None if options.no_verify else measure.verify(seed=options.seed, samples=options.samples)
     if options.emit:

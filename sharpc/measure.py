@@ -12,9 +12,10 @@ and printed so nothing is folded silently.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import sympy as sp
 
 from .distributions import Distribution, t
@@ -41,6 +42,14 @@ class Domain:
     def contains(self, spectrum) -> bool:
         lo_ok = all((x > self.lower) if self.strict_lower else (x >= self.lower) for x in spectrum)
         return lo_ok and all(x <= self.upper for x in spectrum)
+
+    def probe(self, d: int) -> np.ndarray:
+        """A spread spectrum reaching 90% of the domain's finite bounds (where variance is largest)."""
+        low = 0.9 * self.lower if math.isfinite(self.lower) else -1.0
+        high = 0.9 * self.upper if math.isfinite(self.upper) else 1.0
+        if self.lower >= 0:
+            low, high = max(low, 0.5), max(high, 1.5) if math.isinf(self.upper) else high
+        return np.linspace(low, high, d)
 
     def describe(self) -> str:
         if math.isinf(self.lower) and math.isinf(self.upper):
@@ -75,6 +84,8 @@ class Measure:
     assumptions: tuple[str, ...] = ()
     domain: Domain = field(default_factory=Domain)
     exact: bool = True
+    #: Variance of one sample's contribution to the regularizer estimate, where it was measured.
+    variance_per_sample: float | None = None
 
     # ----------------------------------------------------------------- structure
     @property
@@ -117,6 +128,25 @@ class Measure:
         """phi at the given component means (symbolic or numeric)."""
         return self.phi.subs(dict(zip(self.phi_args, component_means)))
 
+    def with_steps(self, *steps: str, **changes: Any) -> Measure:
+        """A copy with derivation steps appended (and other fields replaced)."""
+        return replace(self, steps=self.steps + steps, **changes)
+
+    def recommended_samples(self, rel_tol: float = 0.1, spectrum: Any = None) -> int:
+        """Samples per step for a standard error of ``rel_tol`` times the target.
+
+        Uses the measured per-sample variance and, for the target's size, a spectrum at the
+        domain's bound (or ``spectrum``): n = Var / (rel_tol * |target|)^2.
+        """
+        from .verify import estimator_variance, target_value
+
+        spectrum = self.domain.probe(self.d or 5) if spectrum is None else spectrum
+        variance = estimator_variance(self, spectrum)
+        size = abs(target_value(self, spectrum))
+        if not math.isfinite(variance) or size == 0:
+            raise ValueError("the estimator's variance is not finite (or the target is 0) at this spectrum")
+        return max(1, math.ceil(variance / (rel_tol * size) ** 2))
+
     # ----------------------------------------------------------------- pipeline
     def verify(self, **options: Any) -> VerificationReport:
         """Symbolic certificate and Monte Carlo check of the identity; see :mod:`sharpc.verify`."""
@@ -152,5 +182,6 @@ class Measure:
             "domain": self.domain.describe(),
             "exact": self.exact,
             "cost_per_step": self.cost(),
+            "variance_per_sample": self.variance_per_sample,
             "steps": list(self.steps),
         }

@@ -161,3 +161,27 @@ def expand_spectrum(expr: sp.Expr, eigenvalues: Sequence[sp.Expr]) -> sp.Expr:
 def substitute_d(expr: sp.Expr, d: int | None) -> sp.Expr:
     """Bind the spectrum length when it is known."""
     return expr if d is None else expr.subs(D, d)
+
+
+class RootEig(sp.Function):
+    """The k-th largest root (real part) of s^d + a_1 s^(d-1) + ... + a_d: RootEig(k, a_1, ..., a_d).
+
+    The universality constructions recover prod_i (1 - l_i s) = 1 + a_1 s + ... + a_d s^d
+    from integrals; its reversed polynomial has the eigenvalues as roots. Real parts keep the
+    map continuous when sampling noise pushes a pair of roots off the real axis.
+    """
+
+    is_real = True
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        """Implicit differentiation of p(r) = r^d + sum_j a_j r^(d-j) = 0: dr/da_j = -r^(d-j) / p'(r)."""
+        if argindex == 1:
+            return sp.Integer(0)
+        root, coefficients = self, self.args[1:]
+        d = len(coefficients)
+        slope = d * root ** (d - 1) + sum((d - j) * a * root ** (d - j - 1) for j, a in enumerate(coefficients, 1))
+        return -root ** (d - (argindex - 1)) / slope
+
+    def _sympystr(self, printer) -> str:
+        return f"root_{printer.doprint(self.args[0])}({', '.join(map(printer.doprint, self.args[1:]))})"
+

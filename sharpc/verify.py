@@ -22,7 +22,7 @@ import numpy as np
 import sympy as sp
 
 from .measure import Domain, Measure
-from .spectral import D, eigenvalue_symbols, expand_spectrum
+from .spectral import D, Eig, RootEig, eigenvalue_symbols, expand_spectrum
 
 #: Spectrum lengths the Monte Carlo test uses when d is symbolic.
 MC_DIMENSIONS = (2, 3, 5, 8)
@@ -102,6 +102,8 @@ def certify(measure: Measure) -> tuple[str, bool | None]:
             return f"no closed form for psi_{component + 1} under {measure.distribution_of(component).describe()}", None
         integrals.append(closed)
     value = measure.scale * measure.phi.xreplace(dict(zip(measure.phi_args, integrals))) + measure.offset
+    if value.has(RootEig):
+        return _certify_recovery(measure, value)
     difference = value - measure.target
     if measure.d is not None:
         ok = _vanishes(expand_spectrum(difference, eigenvalue_symbols(measure.d)))
@@ -110,6 +112,28 @@ def certify(measure: Measure) -> tuple[str, bool | None]:
         return "closed form, symbolic d", True
     ok = all(_vanishes(expand_spectrum(difference, eigenvalue_symbols(d))) for d in CERTIFICATE_DIMENSIONS)
     return "closed form at d = 1..6", ok
+
+
+def _certify_recovery(measure: Measure, value: sp.Expr) -> tuple[str, bool]:
+    """Theorem 6 measures: the recovered coefficients must be those of prod(1 - l_i s) exactly.
+
+    Then RootEig(k, ...) is the k-th largest eigenvalue, and phi is the target on them.
+    """
+    symbols = eigenvalue_symbols(measure.d)
+    explicit = expand_spectrum(value, symbols)
+    s = sp.Symbol("s")
+    expected = sp.Poly(sp.expand(sp.Mul(*(1 - x * s for x in symbols))), s).all_coeffs()[::-1][1:]
+    ok = True
+    sorted_symbols = {}
+    for root in explicit.atoms(RootEig):
+        k, *coefficients = root.args
+        ok &= all(_vanishes(c - e) for c, e in zip(coefficients, expected))
+        sorted_symbols[root] = symbols[int(k)]
+    target = expand_spectrum(measure.target, symbols)
+    target = target.xreplace({e: symbols[int(e.args[0]) % measure.d] for e in target.atoms(Eig)})
+    ok &= _vanishes(explicit.xreplace(sorted_symbols) - target)
+    return (f"coefficients of prod(1 - l_i s) recovered exactly at d = {measure.d}; "
+            "phi is the target on the sorted roots", bool(ok))
 
 
 # ---------------------------------------------------------------------------- Monte Carlo
@@ -145,6 +169,7 @@ _NUMPY = {
     "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "Abs": np.abs, "sign": np.sign, "sin": np.sin,
     "cos": np.cos, "tanh": np.tanh, "pi": np.pi, "E": np.e,
     "Max": lambda *a: reduce(np.maximum, a), "Min": lambda *a: reduce(np.minimum, a),
+    "RootEig": lambda k, *a: np.sort(np.roots(np.array([1.0, *a], dtype=float)).real)[::-1][int(k)],
 }
 
 
@@ -154,10 +179,12 @@ def _numeric(expr: sp.Expr, args: tuple[sp.Symbol, ...]):
     return sp.lambdify(args, expr, modules=[_NUMPY])
 
 
-def _target_value(measure: Measure, spectrum: np.ndarray) -> float:
+def target_value(measure: Measure, spectrum: np.ndarray) -> float:
+    """The target at a numeric spectrum (any order; sorted eigenvalues are sorted here)."""
     symbols = eigenvalue_symbols(len(spectrum))
     explicit = expand_spectrum(measure.target, symbols)
-    return float(_numeric(explicit, symbols)(*spectrum))
+    explicit = explicit.xreplace({e: symbols[int(e.args[0]) % len(symbols)] for e in explicit.atoms(Eig)})
+    return float(_numeric(explicit, symbols)(*np.sort(spectrum)[::-1]))
 
 
 def _estimate(measure: Measure, d: int, hessian: np.ndarray, spectrum: np.ndarray, n: int,
@@ -183,6 +210,14 @@ def _estimate(measure: Measure, d: int, hessian: np.ndarray, spectrum: np.ndarra
     return estimate, stderr
 
 
+def estimator_variance(measure: Measure, spectrum, *, samples: int = 20_000, seed: int = 0) -> float:
+    """Per-sample variance of the regularizer estimate at a spectrum (delta method, seeded)."""
+    rng = np.random.default_rng(seed)
+    spectrum = np.asarray(spectrum, dtype=float)
+    _, stderr = _estimate(measure, len(spectrum), _random_hessian(spectrum, rng), spectrum, samples, rng)
+    return stderr**2 * samples
+
+
 def monte_carlo(measure: Measure, *, samples: int = 20_000, seed: int = 0, z_threshold: float = 4.5,
                 dimensions: tuple[int, ...] | None = None) -> tuple[MonteCarloCase, ...]:
     rng = np.random.default_rng(seed)
@@ -195,7 +230,7 @@ def monte_carlo(measure: Measure, *, samples: int = 20_000, seed: int = 0, z_thr
                 continue
             hessian = _random_hessian(spectrum, rng)
             exact = np.linalg.eigvalsh(hessian)
-            target = _target_value(measure, exact)
+            target = target_value(measure, exact)
             estimate, stderr = _estimate(measure, d, hessian, exact, samples, rng)
             error = estimate - target
             tolerance = 1e-9 * max(1.0, abs(target))

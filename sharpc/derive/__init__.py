@@ -1,24 +1,28 @@
 """Derivation strategies: target -> Measure, tried in a documented order.
 
-Each strategy is a module exposing ``NAME``, ``SUMMARY`` and ``derive(request) -> Measure``;
-it raises :class:`Decline` with a reason when the target is not of its form. The
-registry order is the order of preference: cheapest exact representation first.
+Each strategy module lists its :class:`Strategy` entries in ``STRATEGIES``; a strategy's
+``derive(request) -> Measure`` raises :class:`Decline` with a reason when the target is not
+of its form. The registry order is the order of preference, cheapest exact form first:
 
-    table1   the paper's Table 1 rows (trace, Frobenius, det / log det, prod(1 - s l))
-    mgf      Gaussian moment generating function: sum(log(1 - s l)), prod(1 - s l)**a
-    moments  polynomials in power sums (any d) or symmetric polynomials (concrete d)
+    table1       the paper's Table 1 rows (trace, Frobenius, det / log det, prod(1 - s l))
+    mgf          Gaussian moment generating function: sum(log(1 - s l)), prod(1 - s l)**a
+    moments      polynomials in power sums (any d) or symmetric polynomials (concrete d)
+    universal    Theorem 6 for any function of the spectrum (concrete d, |l_i| <= bound),
+                 choosing the lower-variance construction; ``vandermonde`` and
+                 ``power-roots`` force one (they are never tried automatically)
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from types import ModuleType
+from typing import NamedTuple
 
 import sympy as sp
 
 from ..errors import DerivationError
 from ..measure import Measure
-from ..spectral import EMax, EMin, Eig, reductions, substitute_d
+from ..spectral import reductions, substitute_d
 
 
 class Decline(Exception):
@@ -34,6 +38,16 @@ class Request:
     d: int | None = None
     det_sampling: str = "lebesgue"
     half_width: float = 1.0
+    bound: float | None = None
+
+
+class Strategy(NamedTuple):
+    """A named derivation; ``auto`` strategies are tried in order when none is forced."""
+
+    name: str
+    summary: str
+    derive: Callable[[Request], Measure]
+    auto: bool = True
 
 
 def affine_in(target: sp.Expr, atom: sp.Expr) -> tuple[sp.Expr, sp.Expr] | None:
@@ -83,10 +97,12 @@ def make_measure(request: Request, **fields) -> Measure:
     return Measure(source=request.source, target=request.target, d=request.d, **fields)
 
 
-from . import mgf, moments, table1  # noqa: E402  (the strategies import the helpers above)
+from . import mgf, moments, table1, universal  # noqa: E402  (the strategies import the helpers above)
 
 #: Strategies in the order ``compile`` tries them.
-REGISTRY: dict[str, ModuleType] = {module.NAME: module for module in (table1, mgf, moments)}
+REGISTRY: dict[str, Strategy] = {
+    entry.name: entry for module in (table1, mgf, moments, universal) for entry in module.STRATEGIES
+}
 
 
 def derive(request: Request, strategy: str | None = None) -> Measure:
@@ -96,15 +112,11 @@ def derive(request: Request, strategy: str | None = None) -> Measure:
             raise DerivationError(f"unknown strategy {strategy!r}; choose from {', '.join(REGISTRY)}")
         candidates = [REGISTRY[strategy]]
     else:
-        candidates = list(REGISTRY.values())
+        candidates = [entry for entry in REGISTRY.values() if entry.auto]
     reasons = []
-    for module in candidates:
+    for entry in candidates:
         try:
-            return module.derive(request)
+            return entry.derive(request)
         except Decline as why:
-            reasons.append(f"{module.NAME}: {why}")
-    hint = ""
-    if request.target.has(EMax, EMin, Eig):
-        hint = (" (max, min and sorted eigenvalues need the universality constructions of Theorem 6, "
-                "which this version does not provide yet)")
-    raise DerivationError(f"no strategy represents {request.source!r}{hint} — " + "; ".join(reasons))
+            reasons.append(f"{entry.name}: {why}")
+    raise DerivationError(f"no strategy represents {request.source!r} — " + "; ".join(reasons))

@@ -16,7 +16,7 @@ import sympy as sp
 from ..distributions import Gaussian, t
 from ..measure import Domain, Measure, SampleGroup, phi_symbols
 from ..spectral import D, EProd, ESum, lam, reductions
-from . import Decline, Request, affine_in, make_measure, relation, sign_of
+from . import Decline, Strategy, Request, affine_in, make_measure, relation, sign_of
 
 NAME = "mgf"
 SUMMARY = "Gaussian MGF: c * prod(1 + s*l)**a + k and c * sum(log(a0 + b*l)) + k"
@@ -108,3 +108,6 @@ def derive(request: Request) -> Measure:
                 why += f"; log({sp.sstr(a0)} + ...) contributes the constant d*log({sp.sstr(a0)})"
             return _gaussian_exp_measure(request, sigma, -2 * sp.log(t1), c, k + c * D * sp.log(a0), why, NAME)
     raise Decline("not c * prod(1 + s*l)**a + k or c * sum(log(a0 + b*l)) + k with a0 > 0")
+
+
+STRATEGIES = (Strategy(NAME, SUMMARY, derive),)

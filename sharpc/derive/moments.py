@@ -21,7 +21,7 @@ from ..distributions import Gaussian, t
 from ..errors import DerivationError
 from ..measure import Measure, SampleGroup, phi_symbols
 from ..spectral import Eig, ESum, eigenvalue_symbols, expand_spectrum, lam, reductions
-from . import Decline, Request, make_measure, tuple_text
+from . import Decline, Strategy, Request, make_measure, tuple_text
 
 NAME = "moments"
 SUMMARY = "polynomials in power sums p_k (any d) or symmetric polynomials (concrete d) via cumulants"
@@ -102,3 +102,6 @@ def derive(request: Request) -> Measure:
     )
     return make_measure(request, phi=phi, psi=psi, groups=(SampleGroup(Gaussian(), tuple(range(order))),),
                         strategy=NAME, steps=steps)
+
+
+STRATEGIES = (Strategy(NAME, SUMMARY, derive),)

@@ -14,7 +14,7 @@ import sympy as sp
 from ..distributions import Distribution, Gaussian, Hypercube, Lebesgue, Sphere, t
 from ..measure import Domain, Measure, SampleGroup, phi_symbols
 from ..spectral import D, EProd, ESum, lam, reductions
-from . import Decline, Request, affine_in, make_measure, relation, sign_of, tuple_text
+from . import Decline, Strategy, Request, affine_in, make_measure, relation, sign_of, tuple_text
 
 NAME = "table1"
 SUMMARY = "Table 1 of the paper: trace (sphere), Frobenius (Gaussian), det / log det (Lebesgue), prod(1 - s l)"
@@ -112,4 +112,5 @@ def derive(request: Request) -> Measure:
     raise Decline("not c * (sum(l), sum(l**2), prod(l), sum(log(l)) or prod(1 - s*l)) + k")
 
 
-__all__ = ["NAME", "SUMMARY", "derive", "rows"]
+
+STRATEGIES = (Strategy(NAME, SUMMARY, derive),)
