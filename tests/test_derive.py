@@ -152,8 +152,9 @@ def test_unrepresentable_target_names_every_strategy_and_why():
     with pytest.raises(sharpc.DerivationError) as error:
         sharpc.compile("max(l)")
     message = str(error.value)
-    for name in sharpc.STRATEGIES:
-        assert f"{name}:" in message
+    for name, entry in sharpc.STRATEGIES.items():
+        assert (f"{name}:" in message) == entry.auto
+    assert "needs --d and --bound" in message
 
 
 def test_unknown_strategy_is_a_clear_error():

@@ -1,0 +1,208 @@
+"""Measure -> torch source: phi, psi, the unbiased U-statistic and a small optimizer class.
+
+:func:`generate` writes that source once; ``sharpc.optim`` executes it on top of
+:mod:`sharpc.runtime` and :func:`sharpc.emit.standalone.emit_module` appends it to
+runtime.py's own text, so in-process and standalone optimizers run the same code.
+User text reaches the source only as ``repr`` string literals, symbols only through
+the whitelisting printer.
+
+The U-statistic. For a polynomial phi and polynomial psi, every monomial of phi is a
+product of expectations E[f_1] ... E[f_r] over one sample group (groups multiply, being
+independent). Its unbiased estimator averages prod_j f_j(Delta_{i_j}) over *distinct*
+indices, and Moebius inversion on the lattice of set partitions writes that sum as
+
+    sum_{i_1..i_r distinct} prod_j f_j(Delta_{i_j})
+        = sum_{partitions pi of [r]} prod_{B in pi} (-1)^(|B|-1) (|B|-1)! sum_i prod_{j in B} f_j(Delta_i),
+
+a polynomial in the power sums P_k = sum_i Delta_i^k (P_0 = n), divided by n(n-1)...(n-r+1).
+For Frobenius, 2(t2 - t1^2) becomes 2 (P2/n - (P1^2 - P2)/(n(n-1))): Algorithm 3's (n-1) estimator.
+"""
+
+from __future__ import annotations
+
+import keyword
+from dataclasses import dataclass
+from math import factorial, prod
+
+import sympy as sp
+from sympy.utilities.iterables import multiset_partitions
+
+from ..distributions import Dirac, Distribution, Gaussian, Hypercube, Lebesgue, Sphere, t
+from ..errors import OptimizerError
+from ..measure import Measure
+from .printer import torch_code
+
+__all__ = ["UStatistic", "unbiased_estimator", "generate", "group_specs", "emit_module"]
+
+#: The sample count in U-statistic expressions.
+N = sp.Symbol("n", positive=True, integer=True)
+#: Largest number of expectations multiplied in one monomial (Bell(8) = 4140 set partitions).
+MAX_ORDER = 8
+
+
+def power_sum_symbol(group: int, k: int) -> sp.Symbol:
+    """P<group>_<k> = sum_i Delta_{group,i}^k."""
+    return sp.Symbol(f"P{group}_{k}", real=True)
+
+
+@dataclass(frozen=True)
+class UStatistic:
+    """An unbiased estimator of phi(E psi) as an expression in power sums, n and d."""
+
+    expr: sp.Expr
+    power_sums: tuple[tuple[int, int], ...]  # (group, k) of each P argument, in order
+    order: int                               # distinct samples needed per group
+
+
+def unbiased_estimator(measure: Measure) -> tuple[UStatistic | None, str]:
+    """The U-statistic of ``measure``, or None and the reason there is none."""
+    args = measure.phi_args
+    if not measure.phi.is_polynomial(*args):
+        return None, f"phi = {sp.sstr(measure.phi)} is not a polynomial"
+    for i, component in enumerate(measure.psi):
+        if not component.is_polynomial(t):
+            return None, f"psi_{i + 1} = {sp.sstr(component)} is not a polynomial"
+    if any(isinstance(g.distribution, Dirac) for g in measure.groups):
+        return None, "a Dirac group has one deterministic sample"
+    total, order = sp.Integer(0), 0
+    for powers, coeff in sp.Poly(measure.phi, *args).terms():
+        term = coeff
+        for a, group in enumerate(measure.groups):
+            factors = [measure.psi[l] for l in group.components for _ in range(powers[l])]
+            if len(factors) > MAX_ORDER:
+                return None, f"a monomial of phi multiplies {len(factors)} > {MAX_ORDER} expectations"
+            order = max(order, len(factors))
+            term *= _distinct_mean(factors, a)
+        total += term
+    symbols = sorted((s for s in total.free_symbols if s.name.startswith("P")), key=lambda s: s.name)
+    power_sums = tuple(sorted((int(a), int(k)) for a, k in (s.name[1:].split("_") for s in symbols)))
+    return UStatistic(total, power_sums, max(order, 1)), ""
+
+
+def _distinct_mean(factors: list[sp.Expr], group: int) -> sp.Expr:
+    """Average of prod_j f_j(Delta_{i_j}) over distinct i_1..i_r, in power sums of the group."""
+    r = len(factors)
+    if r == 0:
+        return sp.Integer(1)
+    total = sp.Integer(0)
+    for partition in multiset_partitions(list(range(r))):
+        mobius = prod((-1) ** (len(block) - 1) * factorial(len(block) - 1) for block in partition)
+        total += mobius * sp.Mul(*(_power_sum(sp.Mul(*(factors[j] for j in block)), group) for block in partition))
+    return sp.expand(total) / sp.Mul(*(N - j for j in range(r)))
+
+
+def _power_sum(h: sp.Expr, group: int) -> sp.Expr:
+    """sum_i h(Delta_i) for a polynomial h, with P_0 = n."""
+    poly = sp.Poly(sp.expand(h), t)
+    return sum((N if k == 0 else power_sum_symbol(group, k)) * c for (k,), c in poly.terms())
+
+
+# ----------------------------------------------------------------------------- sampling
+def group_specs(measure: Measure) -> tuple[tuple[str, tuple[int, ...], float], ...]:
+    """(kind, components, half_width) per sample group: what runtime.GroupSpec takes."""
+    specs = []
+    for group in measure.groups:
+        kind, half_width = _sampler(group.distribution)
+        specs.append((kind, tuple(group.components), half_width))
+    return tuple(specs)
+
+
+def _sampler(distribution: Distribution) -> tuple[str, float]:
+    if isinstance(distribution, Gaussian):
+        return "gaussian", 1.0
+    if isinstance(distribution, Sphere):
+        return "sphere", 1.0
+    if isinstance(distribution, Hypercube):
+        return "hypercube", float(distribution.half_width)
+    if isinstance(distribution, Lebesgue):  # sampled on its truncation hypercube (see Lebesgue)
+        return "hypercube", float(distribution.truncation)
+    if isinstance(distribution, Dirac):
+        return "dirac", 1.0
+    raise OptimizerError(f"the optimizer cannot sample {distribution.describe()}")
+
+
+# ----------------------------------------------------------------------------- source
+def generate(measure: Measure, name: str, recommended: dict | None = None) -> str:
+    """Python source defining phi, psi, ustat and ``class <name>(PhiPsiSAM)``."""
+    if not (name.isidentifier() and not keyword.iskeyword(name)) or name in _RESERVED:
+        raise OptimizerError(f"{name!r} cannot name a generated optimizer class")
+    m = measure.m
+    phi_args = [s.name for s in measure.phi_args]
+    phi_code = torch_code(measure.phi, {*phi_args, "d"})
+    if not measure.phi.free_symbols & set(measure.phi_args):
+        phi_code = f"torch.zeros_like(t1) + ({phi_code})"
+    blocks = [_function("phi", "ts, d", f"phi({', '.join(phi_args)}) = {sp.sstr(measure.phi)}",
+                        _unpack(phi_args, "ts"), phi_code)]
+    components = ", ".join(_component(c) for c in measure.psi)
+    blocks.append(
+        f"def psi(t, d):\n"
+        f"    {_docstring('psi(t) = (' + ', '.join(sp.sstr(c) for c in measure.psi) + ')')}\n"
+        f"    return torch.stack(({components}{',' if m == 1 else ''}))\n")
+    ustat, unavailable = unbiased_estimator(measure)
+    if ustat is not None:
+        names = [power_sum_symbol(a, k).name for a, k in ustat.power_sums]
+        doc = ("Unbiased estimate of phi(E psi) from the power sums P = ("
+               + ", ".join(names) + "), Pa_k = sum_i Delta_{a,i}**k over the n samples of group a.")
+        body = _unpack(names, "P") if names else ""
+        blocks.append(_function("ustat", "P, n, d", doc, body, torch_code(ustat.expr, {*names, "n", "d"})))
+
+    specs = ", ".join(f"GroupSpec({kind!r}, {components!r}, {half_width!r})"
+                      for kind, components, half_width in group_specs(measure))
+    dropped = "; ".join(measure.constants_dropped) or "none"
+    doc = (f"(phi, psi, mu)-SAM for the sharpness target {sp.sstr(measure.target)}.\n\n"
+           f"Minimizes L(x) + strength * rho**2 * R(x), where R estimates\n"
+           f"S = phi(E[psi_1(Q)], ..., E[psi_m(Q)]) with Q = v^T H v / 2, and\n"
+           f"target = {sp.sstr(measure.scale)} * S + {sp.sstr(measure.offset)} (dropped: {dropped}).\n"
+           + "".join(f"mu for components {tuple(i + 1 for i in g.components)}: {g.distribution.describe()}\n"
+                     for g in measure.groups)
+           + f"Estimator: {'unbiased U-statistic available' if ustat else 'plug-in only (' + unavailable + ')'}.\n"
+           f"See sharpc.runtime.PhiPsiSAM for the constructor arguments.")
+    lines = [
+        f"class {name}(PhiPsiSAM):",
+        f"    {_docstring(doc, indent='    ')}",
+        "",
+        f"    target = {measure.source!r}",
+        f"    m = {m}",
+        "    phi = staticmethod(phi)",
+        "    psi = staticmethod(psi)",
+        f"    ustat = {'staticmethod(ustat)' if ustat else 'None'}",
+        f"    ustat_unavailable = {unavailable!r}",
+        f"    power_sums = {ustat.power_sums if ustat else ()!r}",
+        f"    ustat_order = {ustat.order if ustat else 1}",
+        f"    sample_groups = ({specs},)",
+        f"    dimension = {measure.d!r}",
+        f"    recommended = {dict(recommended or {})!r}",
+    ]
+    blocks.append("\n".join(lines) + "\n")
+    return "\n\n".join(blocks)
+
+
+_RESERVED = {"torch", "phi", "psi", "ustat", "PhiPsiSAM", "GroupSpec", "OptimizerError", "draw_", "sample_rows"}
+
+
+def _function(name: str, signature: str, doc: str, body: str, code: str) -> str:
+    return f"def {name}({signature}):\n    {_docstring(doc)}\n{body}    return {code}\n"
+
+
+def _component(expr: sp.Expr) -> str:
+    code = torch_code(expr, {"t", "d"})
+    return code if t in expr.free_symbols else f"torch.zeros_like(t) + ({code})"
+
+
+def _unpack(names: list[str], source: str) -> str:
+    return f"    {', '.join(names)}{',' if len(names) == 1 else ''} = {source}.unbind(0)\n"
+
+
+def _docstring(text: str, indent: str = "    ") -> str:
+    """A triple-quoted docstring when that is safe, else an escaped one-line literal."""
+    if '"""' in text or "\\" in text or text.endswith('"'):
+        return repr(text)
+    lines = text.split("\n")
+    return '"""' + ("\n" + indent).join(lines) + ('\n' + indent if len(lines) > 1 else "") + '"""'
+
+
+def emit_module(measure: Measure, name: str = "SharpSAM") -> str:
+    """A standalone module (torch only) defining the optimizer ``name``; see standalone.py."""
+    from .standalone import emit_module as _emit
+
+    return _emit(measure, name)
