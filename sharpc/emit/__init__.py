@@ -197,8 +197,9 @@ def _docstring(text: str, indent: str = "    ") -> str:
     """A triple-quoted docstring when that is safe, else an escaped one-line literal."""
     if '"""' in text or "\\" in text or text.endswith('"'):
         return repr(text)
-    lines = text.split("\n")
-    return '"""' + ("\n" + indent).join(lines) + ('\n' + indent if len(lines) > 1 else "") + '"""'
+    lines = [(indent + line if line else "") for line in text.split("\n")]
+    lines[0] = lines[0][len(indent):]
+    return '"""' + "\n".join(lines) + ("\n" + indent if len(lines) > 1 else "") + '"""'
 
 
 def emit_module(measure: Measure, name: str = "SharpSAM") -> str:
