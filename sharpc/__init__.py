@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 
 def compile(expression: str, *, d: int | None = None, strategy: str | None = None,
             det_sampling: str = "lebesgue", half_width: float = 1.0,
-            bound: float | None = None) -> Measure:  # noqa: A001
+            bound: float | None = None, invariant: str | None = None) -> Measure:  # noqa: A001
     """Parse a target in the Hessian eigenvalues ``l`` and derive its (phi, psi, mu).
 
     Args:
@@ -40,6 +40,8 @@ def compile(expression: str, *, d: int | None = None, strategy: str | None = Non
             or ``"hypercube"`` (the paper's Det-SAM: uniform on ``[-half_width, half_width]^d``).
         half_width: the truncation half-width for determinant measures.
         bound: a bound |l_i| <= bound on the spectrum; the universality strategies need it.
+        invariant: ``"scale"`` asks for a measure invariant under positive diagonal rescalings
+            that leave the loss invariant (the adaptive measure mu_x = law of |x| * v).
     """
     if d is not None and (not isinstance(d, int) or isinstance(d, bool) or d < 1):
         raise SharpcError(f"d must be a positive integer, got {d!r}")
@@ -47,12 +49,15 @@ def compile(expression: str, *, d: int | None = None, strategy: str | None = Non
         raise SharpcError(f"det_sampling must be 'lebesgue' or 'hypercube', got {det_sampling!r}")
     if not half_width > 0:
         raise SharpcError(f"half_width must be positive, got {half_width!r}")
+    if invariant not in (None, "scale"):
+        raise SharpcError(f"invariant must be 'scale' (or None), got {invariant!r}")
     if bound is not None and not (isinstance(bound, (int, float)) and 0 < bound < float("inf")):
         raise SharpcError(f"bound must be a positive finite number, got {bound!r}")
     target = parse(expression, d=d)
     request = Request(expression, target, d=d, det_sampling=det_sampling, half_width=half_width,
                       bound=None if bound is None else float(bound))
-    return derive(request, strategy)
+    measure = derive(request, strategy)
+    return measure.adaptive() if invariant == "scale" else measure
 
 
 def compile_optimizer(expression: str, *, name: str | None = None, **compile_options: Any):

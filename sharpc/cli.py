@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="sampling for determinant measures (default: lebesgue)")
     comp.add_argument("--bound", type=float, default=None,
                       help="spectrum bound |l_i| <= BOUND (needed by the universality strategies)")
+    comp.add_argument("--invariant", choices=("scale",), default=None,
+                      help="ask for a measure invariant under positive diagonal rescalings (adaptive mu)")
     comp.add_argument("--half-width", type=float, default=1.0, help="hypercube/truncation half-width (default 1)")
     comp.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     comp.add_argument("--no-verify", action="store_true", help="skip verification")
@@ -67,9 +69,10 @@ def _describe(measure, report) -> str:
     ]
     for number, group in enumerate(measure.groups, start=1):
         comps = ", ".join(f"psi_{c + 1}" for c in group.components)
-        inv = ", ".join(group.distribution.invariances) or "none declared"
-        lines.append(f"mu group {number}   {group.distribution.describe()} for {comps} (invariant under: {inv})")
+        lines.append(f"mu group {number}   {group.distribution.describe()} for {comps}")
     lines += [
+        f"invariant    {'; '.join(measure.invariances) or 'no group declared'} (S inherits mu's invariances "
+        "when L has them, Theorem 11)",
         f"m            {measure.m}",
         f"cost         {measure.cost()} gradient evaluations per step (n samples per group)",
         f"dropped      {'; '.join(measure.constants_dropped) or 'nothing'}",
@@ -98,7 +101,7 @@ def _compile(options: argparse.Namespace) -> int:
     from . import compile as compile_measure
 
     measure = compile_measure(options.expression, d=options.d, strategy=options.strategy, bound=options.bound,
-                              det_sampling=options.det_sampling, half_width=options.half_width)
+                              invariant=options.invariant, det_sampling=options.det_sampling, half_width=options.half_width)
     report = None if options.no_verify else measure.verify(seed=options.seed, samples=options.samples)
     if options.emit:
         from .emit.standalone import emit_module

@@ -100,9 +100,9 @@ class Gaussian(Distribution):
         return "N(0, I_d)"
 
     def sample(self, n, d, *, generator=None, device=None, dtype=None):
-        import torch
+        from .runtime import sample_rows
 
-        return torch.randn(n, d, generator=generator, device=device, dtype=dtype)
+        return sample_rows("gaussian", n, d, generator=generator, device=device, dtype=dtype)
 
     def mc_sample(self, n, d, rng, spectrum):
         return rng.standard_normal((n, d)), np.ones(n)
@@ -137,10 +137,9 @@ class Sphere(Distribution):
         return "Uniform(S^(d-1))"
 
     def sample(self, n, d, *, generator=None, device=None, dtype=None):
-        import torch
+        from .runtime import sample_rows
 
-        z = torch.randn(n, d, generator=generator, device=device, dtype=dtype)
-        return z / torch.linalg.vector_norm(z, dim=1, keepdim=True)
+        return sample_rows("sphere", n, d, generator=generator, device=device, dtype=dtype)
 
     def mc_sample(self, n, d, rng, spectrum):
         z = rng.standard_normal((n, d))
@@ -169,10 +168,10 @@ class Hypercube(Distribution):
         return f"Uniform([-{self.half_width:g}, {self.half_width:g}]^d)"
 
     def sample(self, n, d, *, generator=None, device=None, dtype=None):
-        import torch
+        from .runtime import sample_rows
 
-        u = torch.rand(n, d, generator=generator, device=device, dtype=dtype)
-        return (2 * u - 1) * self.half_width
+        return sample_rows("hypercube", n, d, half_width=self.half_width, generator=generator,
+                           device=device, dtype=dtype)
 
     def mc_sample(self, n, d, rng, spectrum):
         return rng.uniform(-self.half_width, self.half_width, (n, d)), np.ones(n)
@@ -198,7 +197,10 @@ class Lebesgue(Distribution):
         return f"Lebesgue(R^d), sampled on [-{self.truncation:g}, {self.truncation:g}]^d"
 
     def sample(self, n, d, *, generator=None, device=None, dtype=None):
-        return Hypercube(self.truncation).sample(n, d, generator=generator, device=device, dtype=dtype)
+        from .runtime import sample_rows
+
+        return sample_rows("hypercube", n, d, half_width=self.truncation, generator=generator,
+                           device=device, dtype=dtype)
 
     def mc_sample(self, n, d, rng, spectrum):
         scale = 1.0 / math.sqrt(max(float(np.min(spectrum)), 1e-12))
@@ -226,6 +228,41 @@ class Dirac(Distribution):
 
     def describe(self) -> str:
         return "delta(grad L / |grad L|)"
+
+
+@dataclass(frozen=True)
+class Adaptive(Distribution):
+    """mu_x = law of |x| * v with v ~ base (elementwise): the ASAM idea, for any target.
+
+    Q = 1/2 (|x| v)^T H (|x| v) = 1/2 v^T (D H D) v with D = diag(|x|), so every identity of
+    ``base`` holds with H replaced by D H D. A positive diagonal rescaling x -> C x that leaves
+    L invariant maps H to C^-1 H C^-1 and D to C D, so D H D, and S, do not change.
+    The optimizer multiplies each sample by |x| at step time; sampling here is the base's.
+    """
+
+    base: Distribution = Gaussian()
+    name: ClassVar[str] = "adaptive"
+    is_probability: ClassVar[bool] = True
+
+    @property
+    def invariances(self) -> tuple[str, ...]:  # type: ignore[override]
+        # The base's own groups act on v, not on x: they do not survive the |x| scaling.
+        return ("positive diagonal rescalings x -> C x with L(C x) = L(x)",)
+
+    def describe(self) -> str:
+        return f"|x| * v, v ~ {self.base.describe()}"
+
+    def sample(self, n, d, *, generator=None, device=None, dtype=None):
+        return self.base.sample(n, d, generator=generator, device=device, dtype=dtype)
+
+    def mc_sample(self, n, d, rng, spectrum):
+        return self.base.mc_sample(n, d, rng, spectrum)
+
+    def closed_form(self, psi):
+        return self.base.closed_form(psi)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "base": self.base.as_dict()}
 
 
 REGISTRY: dict[str, type[Distribution]] = {

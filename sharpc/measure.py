@@ -108,6 +108,27 @@ class Measure:
         raise KeyError(component)
 
     @property
+    def invariances(self) -> tuple[str, ...]:
+        """Groups G under which S is invariant whenever L is (Theorem 11: every mu_l is G-invariant)."""
+        common = [set(group.distribution.invariances) for group in self.groups]
+        shared = set.intersection(*common) if common else set()
+        return tuple(g for g in self.groups[0].distribution.invariances if g in shared) if common else ()
+
+    def adaptive(self) -> Measure:
+        """The same (phi, psi) with every mu replaced by the adaptive mu_x = law of |x| * v."""
+        from .distributions import Adaptive
+
+        if all(isinstance(g.distribution, Adaptive) for g in self.groups):
+            return self
+        groups = tuple(SampleGroup(g.distribution if isinstance(g.distribution, Adaptive)
+                                   else Adaptive(g.distribution), g.components) for g in self.groups)
+        return replace(
+            self, groups=groups,
+            assumptions=self.assumptions + ("adaptive measure: l are the eigenvalues of diag|x| H diag|x|",),
+            steps=self.steps + ("scale invariance: replace mu by the law of |x| * v (Theorem 11 for positive "
+                                "diagonal rescalings)",))
+
+    @property
     def constants_dropped(self) -> tuple[str, ...]:
         """Human-readable list of the positive factor and additive constant not in phi."""
         dropped = []
@@ -181,6 +202,7 @@ class Measure:
             "assumptions": list(self.assumptions),
             "domain": self.domain.describe(),
             "exact": self.exact,
+            "invariances": list(self.invariances),
             "cost_per_step": self.cost(),
             "variance_per_sample": self.variance_per_sample,
             "steps": list(self.steps),

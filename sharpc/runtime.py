@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-__all__ = ["OptimizerError", "GroupSpec", "PhiPsiSAM", "draw_", "sample_rows"]
+__all__ = ["OptimizerError", "GroupSpec", "PhiPsiSAM", "draw_", "sample_rows", "polynomial_root"]
 
 
 class OptimizerError(ValueError):
@@ -62,14 +62,30 @@ def sample_rows(kind: str, n: int, d: int, *, half_width: float = 1.0,
                 generator: "torch.Generator | None" = None, device=None, dtype=None) -> torch.Tensor:
     """An (n, d) tensor whose rows are independent samples (what ``Distribution.sample`` returns)."""
     out = torch.empty(n, d, device=device, dtype=dtype)
-    for row in out:
-        draw_(kind, [row], generator, half_width)
+    if kind == "sphere":  # each row is one vector: normalize rows, not the whole batch
+        draw_("gaussian", [out], generator)
+        return out.div_(torch.linalg.vector_norm(out, dim=1, keepdim=True))
+    draw_(kind, [out], generator, half_width)
     return out
 
 
 def _global_norm(tensors: list) -> torch.Tensor:
     norms = torch._foreach_norm(tensors)
     return torch.linalg.vector_norm(torch.stack([x.to(norms[0].dtype) for x in norms]))
+
+
+# ----------------------------------------------------------------------------- generated-code helpers
+def polynomial_root(k: int, *coefficients: torch.Tensor) -> torch.Tensor:
+    """Real part of the k-th largest root of s^d + a_1 s^(d-1) + ... + a_d (sharpc's RootEig).
+
+    The roots are the eigenvalues of the companion matrix, so the result is differentiable
+    in the coefficients wherever the roots are simple.
+    """
+    a = torch.stack(coefficients)
+    d = a.shape[0]
+    companion = torch.cat([-a.unsqueeze(0), torch.eye(d - 1, d, dtype=a.dtype, device=a.device)])
+    roots = torch.linalg.eigvals(companion).real
+    return torch.sort(roots, descending=True).values[k]
 
 
 # ----------------------------------------------------------------------------- step helpers
@@ -315,7 +331,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
                     group_deltas.append(delta)
                 deltas.append(torch.stack(group_deltas))
             torch._foreach_copy_(perturbed, backup)
-            torch._foreach_copy_(stats, stats_clean)
+            if stats:
+                torch._foreach_copy_(stats, stats_clean)
             rng.finish()
             sharpness, coefficients = self._combine(deltas, d)
         except BaseException as error:
@@ -323,8 +340,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
             rng.finish()
             if isinstance(error, self.Error) or not isinstance(error, Exception):
                 raise
-            raise self.Error(f"the closure failed at the {where}; parameters restored to their "
-                             f"pre-step values ({type(error).__name__}: {error})") from error
+            raise self.Error(f"the step failed at the {where} ({type(error).__name__}: {error}); "
+                             "parameters restored to their pre-step values") from error
 
         self.sharpness = sharpness
         if self.nonfinite != "ignore":

@@ -177,7 +177,8 @@ def generate(measure: Measure, name: str, recommended: dict | None = None) -> st
     return "\n\n".join(blocks)
 
 
-_RESERVED = {"torch", "phi", "psi", "ustat", "PhiPsiSAM", "GroupSpec", "OptimizerError", "draw_", "sample_rows"}
+_RESERVED = {"torch", "phi", "psi", "ustat", "PhiPsiSAM", "GroupSpec", "OptimizerError", "draw_", "sample_rows",
+             "polynomial_root"}
 
 
 def _function(name: str, signature: str, doc: str, body: str, code: str) -> str:

@@ -7,7 +7,8 @@ printer fixes those three and refuses every name it does not expect: only whitel
 symbols (``t``, ``t1``..``tm``, ``d``, ``n``, ``P<a>_<k>``) ever reach generated code.
 
 Conventions of the generated code: every symbol is a tensor (``d`` too), numbers stay
-Python numbers (so they adopt the tensors' dtype), and ``torch`` is the only global.
+Python numbers (so they adopt the tensors' dtype), and the only globals are ``torch`` and
+``polynomial_root`` from :mod:`sharpc.runtime` (the universality strategy's ``RootEig``).
 """
 
 from __future__ import annotations
@@ -156,6 +157,12 @@ class TorchPrinter(AbstractPythonCodePrinter):
             raise PrinterError(f"no torch translation for the function {name!r} in {sp.sstr(expr)}")
         args = ", ".join(self._print(arg) for arg in expr.args)
         return f"{self.known_functions[name]}({args})"
+
+    def _print_RootEig(self, expr):
+        k, *coefficients = expr.args
+        if not k.is_Integer:
+            raise PrinterError(f"RootEig needs an integer index: {sp.sstr(expr)}")
+        return f"polynomial_root({int(k)}, {', '.join(self._print(a) for a in coefficients)})"
 
     def _print_Basic(self, expr):
         raise PrinterError(f"cannot print {type(expr).__name__} as torch code: {sp.sstr(expr)}")
