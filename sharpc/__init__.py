@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 
 def compile(expression: str, *, d: int | None = None, strategy: str | None = None,
             det_sampling: str = "lebesgue", half_width: float = 1.0,
-            bound: float | None = None, invariant: str | None = None) -> Measure:  # noqa: A001
+            bound: float | None = None, invariant: str | None = None, force: bool = False) -> Measure:  # noqa: A001
     """Parse a target in the Hessian eigenvalues ``l`` and derive its (phi, psi, mu).
 
     Args:
@@ -42,6 +42,7 @@ def compile(expression: str, *, d: int | None = None, strategy: str | None = Non
         bound: a bound |l_i| <= bound on the spectrum; the universality strategies need it.
         invariant: ``"scale"`` asks for a measure invariant under positive diagonal rescalings
             that leave the loss invariant (the adaptive measure mu_x = law of |x| * v).
+        force: allow constructions above their documented cost limits (Theorem 7 with many entries).
     """
     if d is not None and (not isinstance(d, int) or isinstance(d, bool) or d < 1):
         raise SharpcError(f"d must be a positive integer, got {d!r}")
@@ -55,7 +56,7 @@ def compile(expression: str, *, d: int | None = None, strategy: str | None = Non
         raise SharpcError(f"bound must be a positive finite number, got {bound!r}")
     target = parse(expression, d=d)
     request = Request(expression, target, d=d, det_sampling=det_sampling, half_width=half_width,
-                      bound=None if bound is None else float(bound))
+                      bound=None if bound is None else float(bound), force=force)
     measure = derive(request, strategy)
     return measure.adaptive() if invariant == "scale" else measure
 

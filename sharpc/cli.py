@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="spectrum bound |l_i| <= BOUND (needed by the universality strategies)")
     comp.add_argument("--invariant", choices=("scale",), default=None,
                       help="ask for a measure invariant under positive diagonal rescalings (adaptive mu)")
+    comp.add_argument("--force", action="store_true", help="allow constructions above their cost limits")
     comp.add_argument("--half-width", type=float, default=1.0, help="hypercube/truncation half-width (default 1)")
     comp.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     comp.add_argument("--no-verify", action="store_true", help="skip verification")
@@ -101,7 +102,7 @@ def _compile(options: argparse.Namespace) -> int:
     from . import compile as compile_measure
 
     measure = compile_measure(options.expression, d=options.d, strategy=options.strategy, bound=options.bound,
-                              invariant=options.invariant, det_sampling=options.det_sampling, half_width=options.half_width)
+                              invariant=options.invariant, force=options.force, det_sampling=options.det_sampling, half_width=options.half_width)
     report = None if options.no_verify else measure.verify(seed=options.seed, samples=options.samples)
     if options.emit:
         from .emit.standalone import emit_module

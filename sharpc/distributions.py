@@ -220,6 +220,45 @@ class Lebesgue(Distribution):
 
 
 @dataclass(frozen=True)
+class DiracAt(Distribution):
+    """A point mass at sum_{i in support} e_i (Theorem 7 uses e_i and e_i + e_j).
+
+    Q(e_i + e_j) = 1/2 (H_ii + H_jj + 2 H_ij): integrals against these measures read the
+    Hessian's entries directly, with no sampling noise (one sample suffices).
+    """
+
+    support: tuple[int, ...] = (0,)
+    name: ClassVar[str] = "dirac"
+
+    def describe(self) -> str:
+        return "delta(" + " + ".join(f"e_{i}" for i in self.support) + ")"
+
+    def point(self, d: int) -> np.ndarray:
+        v = np.zeros(d)
+        v[list(self.support)] = 1.0
+        return v
+
+    def sample(self, n, d, *, generator=None, device=None, dtype=None):
+        import torch
+
+        v = torch.zeros(n, d, device=device, dtype=dtype)
+        v[:, list(self.support)] = 1.0
+        return v
+
+    def mc_sample(self, n, d, rng, spectrum):
+        return np.tile(self.point(d), (n, 1)), np.ones(n)
+
+    def closed_form(self, psi):
+        from .spectral import HEntry
+
+        q = sp.Rational(1, 2) * sum(HEntry(i, j) for i in self.support for j in self.support)
+        return psi.subs(t, q)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "support": list(self.support)}
+
+
+@dataclass(frozen=True)
 class Dirac(Distribution):
     """A point mass at the normalized gradient (SAM's ascent direction), chosen at step time."""
 

@@ -163,7 +163,7 @@ class Measure:
 
         spectrum = self.domain.probe(self.d or 5) if spectrum is None else spectrum
         variance = estimator_variance(self, spectrum)
-        size = abs(target_value(self, spectrum))
+        size = abs(target_value(self, np.diag(spectrum)))
         if not math.isfinite(variance) or size == 0:
             raise ValueError("the estimator's variance is not finite (or the target is 0) at this spectrum")
         return max(1, math.ceil(variance / (rel_tol * size) ** 2))

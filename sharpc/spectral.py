@@ -185,3 +185,28 @@ class RootEig(sp.Function):
     def _sympystr(self, printer) -> str:
         return f"root_{printer.doprint(self.args[0])}({', '.join(map(printer.doprint, self.args[1:]))})"
 
+
+
+class HEntry(sp.Function):
+    """The Hessian entry H[i, j] (symmetric: stored with i <= j) for matrix targets (Theorem 7)."""
+
+    nargs = 2
+    is_real = True
+
+    @classmethod
+    def eval(cls, i, j):
+        if i.is_Integer and j.is_Integer and i > j:
+            return cls(j, i)
+        return None
+
+    def _sympystr(self, printer) -> str:
+        return f"H[{printer.doprint(self.args[0])}, {printer.doprint(self.args[1])}]"
+
+
+def hessian_matrix(d: int) -> sp.Matrix:
+    """The symmetric matrix of entries HEntry(i, j)."""
+    return sp.Matrix(d, d, lambda i, j: HEntry(i, j))
+
+
+def is_matrix_target(expr: sp.Expr) -> bool:
+    return expr.has(HEntry)

@@ -4,6 +4,7 @@ Each strategy module lists its :class:`Strategy` entries in ``STRATEGIES``; a st
 ``derive(request) -> Measure`` raises :class:`Decline` with a reason when the target is not
 of its form. The registry order is the order of preference, cheapest exact form first:
 
+    dirac        Theorem 7 for targets in the Hessian matrix H (Dirac measures)
     table1       the paper's Table 1 rows (trace, Frobenius, det / log det, prod(1 - s l))
     mgf          Gaussian moment generating function: sum(log(1 - s l)), prod(1 - s l)**a
     moments      polynomials in power sums (any d) or symmetric polynomials (concrete d)
@@ -39,6 +40,7 @@ class Request:
     det_sampling: str = "lebesgue"
     half_width: float = 1.0
     bound: float | None = None
+    force: bool = False
 
 
 class Strategy(NamedTuple):
@@ -97,11 +99,11 @@ def make_measure(request: Request, **fields) -> Measure:
     return Measure(source=request.source, target=request.target, d=request.d, **fields)
 
 
-from . import mgf, moments, table1, universal  # noqa: E402  (the strategies import the helpers above)
+from . import matrix, mgf, moments, table1, universal  # noqa: E402  (the strategies import the helpers above)
 
 #: Strategies in the order ``compile`` tries them.
 REGISTRY: dict[str, Strategy] = {
-    entry.name: entry for module in (table1, mgf, moments, universal) for entry in module.STRATEGIES
+    entry.name: entry for module in (matrix, table1, mgf, moments, universal) for entry in module.STRATEGIES
 }
 
 
