@@ -170,7 +170,7 @@ def generate(measure: Measure, name: str, recommended: dict | None = None) -> st
         f"    power_sums = {ustat.power_sums if ustat else ()!r}",
         f"    ustat_order = {ustat.order if ustat else 1}",
         f"    sample_groups = ({specs},)",
-        f"    dimension = {measure.d!r}",
+        f"    fixed_d = {measure.d!r}",
         f"    recommended = {dict(recommended or {})!r}",
     ]
     blocks.append("\n".join(lines) + "\n")
