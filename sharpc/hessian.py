@@ -17,7 +17,8 @@ Conventions, and why:
 * Vectors and every sum over probes are float64 (``dtype``); the model keeps its own
   precision, so a float32 model gives H v to float32 accuracy, summed without further loss.
 * The loops never wait for the device (no ``.item()``, ``float(t)`` or ``if tensor``):
-  samples stay tensors and become Python floats in one transfer at the end.
+  samples stay tensors and become Python floats in one transfer at the end. Probes are drawn
+  where ``generator`` lives: give one on the operator's device to avoid copies.
 * The estimators accept any :class:`Operator` (``matvec``, ``dim``, ``dtype``, ``device``),
   e.g. :class:`DiagonalScaled` for the Hessian an adaptive measure sees.
 """
@@ -43,9 +44,11 @@ from .spectral import D, EMax, EMin, EProd, ESum, Eig, HEntry, lam, reductions
 
 #: Largest dimension :meth:`HessianOperator.dense` builds without ``force=True``.
 DENSE_LIMIT = 5000
+#: Most power sums in one product that :func:`evaluate` estimates (the U-statistic has Bell(m) terms).
+MAX_DEGREE = 8
 
 Batch = tuple[Tensor, Tensor]
-Probes = Literal["rademacher", "gaussian"]
+ProbeDistribution = Literal["rademacher", "gaussian"]
 
 
 @dataclass(frozen=True)
@@ -56,9 +59,6 @@ class Estimate:
     stderr: float
     samples: int
     details: dict[str, Any] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        return f"{self.value:.6g} ± {self.stderr:.2g} ({self.samples} samples)"
 
 
 class Operator(Protocol):
@@ -88,7 +88,8 @@ class HessianOperator:
             pass (train: batch statistics in BatchNorm, one dropout mask shared by all
             products); ``None`` keeps the modes as they are. Afterwards every submodule gets
             its own training flag back, also when the forward raises.
-        dtype: the dtype of vectors and results.
+        dtype: the dtype of vectors and results; products are computed in the model's own
+            precision and cast.
 
     The forward pass runs on copies of the buffers, so it never changes the model: BatchNorm
     running statistics stay as they were even in train mode.
@@ -106,8 +107,10 @@ class HessianOperator:
         examples = sum(len(inputs) for inputs, _ in batches)
         buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
         with _modes(model, mode), torch.enable_grad():
-            loss = sum(loss_fn(torch.func.functional_call(model, buffers, (inputs,)), targets) * (len(inputs) / examples)
-                       for inputs, targets in batches)
+            loss = 0.0
+            for inputs, targets in batches:
+                outputs = torch.func.functional_call(model, buffers, (inputs,))
+                loss = loss + loss_fn(outputs, targets) * (len(inputs) / examples)
             self._grads = torch.autograd.grad(loss, self.params, create_graph=True, materialize_grads=True)
         self._sizes = [p.numel() for p in self.params]
         self.dim = sum(self._sizes)
@@ -189,7 +192,7 @@ def _modes(model: nn.Module, mode: str | None):
 # --------------------------------------------------------------------------- Hutchinson family
 
 
-def _random(op: Operator, distribution: Probes, generator: torch.Generator | None, *batch: int) -> Tensor:
+def _random(op: Operator, distribution: ProbeDistribution, generator: torch.Generator | None, *batch: int) -> Tensor:
     """Probes of shape (*batch, dim) with E[z z^T] = I, drawn where the generator lives."""
     device = op.device if generator is None else generator.device
     shape = (*batch, op.dim)
@@ -215,7 +218,7 @@ def _estimate(samples: Tensor, **details: Any) -> Estimate:
 
 
 @torch.no_grad()
-def power_samples(op: Operator, orders: Sequence[int], probes: int, *, distribution: Probes = "rademacher",
+def power_samples(op: Operator, orders: Sequence[int], probes: int, *, distribution: ProbeDistribution = "rademacher",
                   generator: torch.Generator | None = None) -> Tensor:
     """z_i^T H^k z_i for each probe z_i (rows) and each k in ``orders`` (columns); E = tr(H^k).
 
@@ -234,7 +237,7 @@ def power_samples(op: Operator, orders: Sequence[int], probes: int, *, distribut
     return torch.stack(rows)
 
 
-def power_sum(op: Operator, k: int, probes: int = 100, *, distribution: Probes = "rademacher",
+def power_sum(op: Operator, k: int, probes: int = 100, *, distribution: ProbeDistribution = "rademacher",
               generator: torch.Generator | None = None) -> Estimate:
     """tr(H^k) = sum_i l_i^k by Hutchinson: the mean of z^T H^k z over probes."""
     _check_count("probes", probes, 2)
@@ -242,20 +245,20 @@ def power_sum(op: Operator, k: int, probes: int = 100, *, distribution: Probes =
     return _estimate(samples, method="hutchinson", k=k, distribution=distribution, matvecs=probes * ((k + 1) // 2))
 
 
-def hutchinson_trace(op: Operator, probes: int = 100, *, distribution: Probes = "rademacher",
+def hutchinson_trace(op: Operator, probes: int = 100, *, distribution: ProbeDistribution = "rademacher",
                      generator: torch.Generator | None = None) -> Estimate:
     """tr(H); Rademacher probes have the smaller variance, 2 sum_{i != j} H_ij^2."""
     return power_sum(op, 1, probes, distribution=distribution, generator=generator)
 
 
-def frobenius_squared(op: Operator, probes: int = 100, *, distribution: Probes = "gaussian",
+def frobenius_squared(op: Operator, probes: int = 100, *, distribution: ProbeDistribution = "gaussian",
                       generator: torch.Generator | None = None) -> Estimate:
     """||H||_F^2 = tr(H^2) as the mean of ||H z||^2 (the paper's Figure 1 uses Gaussian z)."""
     return power_sum(op, 2, probes, distribution=distribution, generator=generator)
 
 
 @torch.no_grad()
-def hutchpp_trace(op: Operator, matvecs: int = 102, *, distribution: Probes = "rademacher",
+def hutchpp_trace(op: Operator, matvecs: int = 102, *, distribution: ProbeDistribution = "rademacher",
                   generator: torch.Generator | None = None) -> Estimate:
     """tr(H) by Hutch++ (Meyer, Musco, Musco and Woodruff 2021), using ``matvecs`` products.
 
@@ -267,7 +270,8 @@ def hutchpp_trace(op: Operator, matvecs: int = 102, *, distribution: Probes = "r
     _check_count("matvecs", matvecs, 4)
     sketch = matvecs // 3
     rest = matvecs - 2 * sketch
-    basis = torch.linalg.qr(torch.stack([op.matvec(s) for s in _random(op, distribution, generator, sketch)]).mT).Q
+    sketched = torch.stack([op.matvec(s) for s in _random(op, distribution, generator, sketch)])
+    basis = torch.linalg.qr(sketched.mT).Q  # (d, sketch), orthonormal columns
     range_trace = sum(q @ op.matvec(q) for q in basis.mT)
     samples = []
     for _ in range(rest):
@@ -292,7 +296,8 @@ def _tridiagonal(diagonal: Tensor, off: Tensor) -> Tensor:
     return torch.diag_embed(diagonal) + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
 
 
-def _lanczos(op: Operator, start: Tensor, steps: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+def _lanczos(op: Operator, start: Tensor, steps: int,
+             generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
     """``steps`` Lanczos steps from ``start`` with full reorthogonalization.
 
     Returns T's diagonal, the betas and the orthonormal basis (rows). ``beta[:-1]`` is T's
@@ -318,7 +323,7 @@ def _lanczos(op: Operator, start: Tensor, steps: int, generator: torch.Generator
     return alpha, beta, basis
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LanczosResult:
     """The top-k Ritz pairs and how far each has converged (tensors on the operator's device).
 
@@ -335,7 +340,8 @@ class LanczosResult:
 
 
 @torch.no_grad()
-def lanczos(op: Operator, k: int = 1, *, iterations: int = 30, generator: torch.Generator | None = None) -> LanczosResult:
+def lanczos(op: Operator, k: int = 1, *, iterations: int = 30,
+            generator: torch.Generator | None = None) -> LanczosResult:
     """The k largest eigenvalues by Lanczos with full reorthogonalization.
 
     ``iterations`` (capped at d) is both the number of products and the Krylov dimension.
@@ -344,6 +350,7 @@ def lanczos(op: Operator, k: int = 1, *, iterations: int = 30, generator: torch.
     The basis costs iterations x d numbers of memory.
     """
     _check_count("k", k, 1)
+    _check_count("iterations", iterations, 1)
     steps = min(iterations, op.dim)
     if steps < k:
         raise SharpcError(f"k = {k} eigenvalues need at least k Lanczos iterations (got {iterations}, d = {op.dim})")
@@ -356,7 +363,7 @@ def lanczos(op: Operator, k: int = 1, *, iterations: int = 30, generator: torch.
     return LanczosResult(values, ritz.mT @ basis, (beta[-1] * ritz[-1]).abs(), changes, steps)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SpectralDensity:
     """SLQ's Gauss quadratures of H's spectral measure, one per probe (rows).
 
@@ -367,11 +374,11 @@ class SpectralDensity:
 
     nodes: Tensor  #: (probes, m) Ritz values
     weights: Tensor  #: (probes, m) squared first components of T's eigenvectors
-    norms: Tensor  #: (probes,) ||z||^2: z^T f(H) z = ||z||^2 sum_j weights_j f(nodes_j)
+    squared_norms: Tensor  #: (probes,) ||z||^2: z^T f(H) z = ||z||^2 sum_j weights_j f(nodes_j)
     dim: int
 
     def density(self, grid: Tensor | np.ndarray | Sequence[float], width: float) -> Tensor:
-        """The density smoothed by a Gaussian kernel of standard deviation ``width``, at ``grid``."""
+        """The density smoothed by a Gaussian kernel of standard deviation ``width``, at ``grid`` (integral 1)."""
         x = torch.as_tensor(grid, dtype=self.nodes.dtype, device=self.nodes.device)
         kernel = torch.exp(-0.5 * ((x[:, None, None] - self.nodes) / width) ** 2) / (width * math.sqrt(2 * math.pi))
         return (kernel * self.weights).sum((1, 2)) / self.nodes.shape[0]
@@ -379,12 +386,12 @@ class SpectralDensity:
     def trace(self, f: Callable[[Tensor], Tensor]) -> Estimate:
         """tr f(H) for an elementwise torch function f, with its standard error across probes."""
         _check_count("probes", self.nodes.shape[0], 2)
-        return _estimate(self.norms * (self.weights * f(self.nodes)).sum(1), method="slq",
+        return _estimate(self.squared_norms * (self.weights * f(self.nodes)).sum(1), method="slq",
                          iterations=self.nodes.shape[1])
 
 
 @torch.no_grad()
-def slq(op: Operator, probes: int = 10, iterations: int = 30, *, distribution: Probes = "rademacher",
+def slq(op: Operator, probes: int = 10, iterations: int = 30, *, distribution: ProbeDistribution = "rademacher",
         generator: torch.Generator | None = None) -> SpectralDensity:
     """Stochastic Lanczos quadrature (Ubaru, Chen and Saad 2017; Ghorbani et al. 2019).
 
@@ -396,14 +403,14 @@ def slq(op: Operator, probes: int = 10, iterations: int = 30, *, distribution: P
     _check_count("probes", probes, 1)
     _check_count("iterations", iterations, 1)
     steps = min(iterations, op.dim)
-    tridiagonals, norms = [], []
+    tridiagonals, squared_norms = [], []
     for _ in range(probes):
         z = _random(op, distribution, generator)
         alpha, beta, _ = _lanczos(op, z, steps, generator)
         tridiagonals.append(_tridiagonal(alpha, beta[:-1]))
-        norms.append(z @ z)
+        squared_norms.append(z @ z)
     nodes, vectors = torch.linalg.eigh(torch.stack(tridiagonals))
-    return SpectralDensity(nodes, vectors[:, 0, :] ** 2, torch.stack(norms), op.dim)
+    return SpectralDensity(nodes, vectors[:, 0, :] ** 2, torch.stack(squared_norms), op.dim)
 
 
 @torch.no_grad()
@@ -467,12 +474,14 @@ def _reduce(atom: sp.Expr, eigenvalues: np.ndarray) -> float:
 def evaluate(measure: Measure, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
              data: Batch | Iterable[Batch], *, exact_limit: int = DENSE_LIMIT, probes: int = 100,
              generator: torch.Generator | None = None, params: Iterable[Tensor] | None = None,
-             mode: Literal["eval", "train"] | None = "eval", distribution: Probes = "rademacher") -> Estimate:
+             mode: Literal["eval", "train"] | None = "eval",
+             distribution: ProbeDistribution = "rademacher") -> Estimate:
     """The measure's target (the sharpness as written, e.g. sum(l**2)) at the model's Hessian.
 
     Exact when there are at most ``exact_limit`` parameters: the target at the dense Hessian
     (stderr 0). Otherwise stochastic, for targets that are polynomials in power sums
-    p_k = sum(l**k): an unbiased U-statistic of Hutchinson samples (see :func:`_polynomial`).
+    p_k = sum(l**k): products of power sums are averaged over distinct probes (a U-statistic
+    of Hutchinson samples z^T H^k z), so the estimate is unbiased; the stderr is the jackknife's.
     Anything else above the limit (prod, max, l[k], entries of H) is a SharpcError. For an
     adaptive (scale-invariant) measure, l are the eigenvalues of diag|x| H diag|x|, as in its
     optimizer. ``params`` and ``mode`` are passed to :class:`HessianOperator`.
@@ -520,19 +529,21 @@ def _power_sum_terms(target: sp.Expr) -> list[tuple[float, tuple[int, ...]]] | N
     return [(float(c), tuple(k for k, e in zip(orders, exponents) for _ in range(e))) for exponents, c in terms]
 
 
-def _polynomial(op: Operator, terms: list[tuple[float, tuple[int, ...]]], probes: int, distribution: Probes,
-                generator: torch.Generator | None) -> Estimate:
+def _polynomial(op: Operator, terms: list[tuple[float, tuple[int, ...]]], probes: int,
+                distribution: ProbeDistribution, generator: torch.Generator | None) -> Estimate:
     """sum_t c_t prod_j p_{k_tj} from one set of probes, unbiased, with a jackknife standard error.
 
     A product of power sums needs independent estimates of its factors, or E[p^ q^] picks up
     their covariance. Each product is therefore averaged over ordered tuples of *distinct*
-    probes (a U-statistic, unbiased and the most efficient such average), and the standard
+    probes (a U-statistic: unbiased, and the lowest-variance unbiased average), and the standard
     error is the jackknife's over leave-one-probe-out values.
     """
     orders = sorted({k for _, factors in terms for k in factors})
     if not orders:
         return Estimate(sum(c for c, _ in terms), 0.0, 0, {"method": "constant"})
     degree = max(len(factors) for _, factors in terms)
+    if degree > MAX_DEGREE:
+        raise SharpcError(f"products of {degree} power sums are beyond the estimator (at most {MAX_DEGREE})")
     _check_count("probes", probes, max(degree + 1, 2))
     samples = power_samples(op, orders, probes, distribution=distribution, generator=generator)
     column = {k: samples[:, i] for i, k in enumerate(orders)}
@@ -548,7 +559,7 @@ def _polynomial(op: Operator, terms: list[tuple[float, tuple[int, ...]]], probes
 
 
 def _u_statistic(factors: list[Tensor], n: int) -> tuple[Tensor | float, Tensor | float]:
-    """The mean of prod_j factors[j][i_j] over ordered tuples of distinct probes, and its n leave-one-out values.
+    """The mean of prod_j factors[j][i_j] over ordered tuples of distinct probes, and its leave-one-out values.
 
     Sums over distinct tuples come from plain sums by Moebius inversion on set partitions:
     sum_distinct = sum_pi mu(pi) prod_{B in pi} S_B, with S_B = sum_i prod_{j in B} factors[j][i]

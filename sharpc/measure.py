@@ -181,6 +181,12 @@ class Measure:
 
         return optimizer_class(self, name=name)
 
+    def evaluate(self, model: Any, loss_fn: Any, data: Any, **options: Any):
+        """The target's value at a model's loss Hessian; see :func:`sharpc.hessian.evaluate`."""
+        from .hessian import evaluate
+
+        return evaluate(self, model, loss_fn, data, **options)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready description (the CLI's ``--json``)."""
         return {

@@ -24,6 +24,7 @@ at rho = 1).
 
 from __future__ import annotations
 
+import itertools
 import linecache
 from typing import Any
 
@@ -40,6 +41,7 @@ PhiPsiSAM = runtime.PhiPsiSAM
 __all__ = ["optimizer_class", "PhiPsiSAM", "OptimizerError", "SAM", "TraceSAM", "FrobSAM", "DetSAM"]
 
 _classes: dict[Any, type[PhiPsiSAM]] = {}
+_serial = itertools.count(1)
 
 
 def optimizer_class(measure: Measure, name: str | None = None) -> type[PhiPsiSAM]:
@@ -52,17 +54,23 @@ def optimizer_class(measure: Measure, name: str | None = None) -> type[PhiPsiSAM
 
 def _build(measure: Measure, name: str, recommended: dict[str, Any]) -> type[PhiPsiSAM]:
     key = (measure, name, tuple(sorted(recommended.items())))
-    if key not in _classes:
-        source = generate(measure, name, recommended)
-        filename = f"<sharpc: {name}>"
-        linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
-        namespace = {**vars(runtime), "__name__": __name__}
-        exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - our own generated source
-        cls = namespace[name]
-        cls.Error = OptimizerError
-        cls.measure = measure
+    try:
+        return _classes[key]
+    except KeyError:
+        pass
+    except TypeError:  # a hand-built measure with unhashable fields still works, uncached
+        key = None
+    source = generate(measure, name, recommended)
+    filename = f"<sharpc generated {name} #{next(_serial)}>"  # tracebacks and inspect show the source
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    namespace = {**vars(runtime), "__name__": __name__}
+    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - our own generated source
+    cls = namespace[name]
+    cls.Error = OptimizerError
+    cls.measure = measure
+    if key is not None:
         _classes[key] = cls
-    return _classes[key]
+    return cls
 
 
 def _sam_measure() -> Measure:

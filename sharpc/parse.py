@@ -47,6 +47,8 @@ _FUNCTIONS = {
 }
 _CONSTANTS = {"pi": sp.pi, "E": sp.E}
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
+#: Constants that can outgrow (or leave the reals from) their arguments; others are not re-checked.
+_GROWING = (sp.Rational, sp.Add, sp.Mul, sp.Pow, sp.exp, sp.log)
 _UNDEFINED = (sp.zoo, sp.nan, sp.oo, sp.S.NegativeInfinity)
 _VECTOR = "l is a vector: reduce it with sum, prod, max, min or mean"
 _UNKNOWN = "expected l, d, pi, E or a function ({})".format(", ".join([*_REDUCTIONS, *_FUNCTIONS]))
@@ -98,7 +100,7 @@ def _parse(text: str, d: int | None) -> sp.Expr:
     except SyntaxError as exc:
         raise builder.error(f"syntax error: {exc.msg}", exc.lineno, exc.offset, one_based=True) from None
     builder.check_size(tree)
-    return substitute_d(builder.visit(tree), d)
+    return builder.visit(tree)
 
 
 class _Builder(ast.NodeVisitor):
@@ -146,7 +148,9 @@ class _Builder(ast.NodeVisitor):
         value = super().visit(node)
         if value.has(*_UNDEFINED):
             raise self.fail("division by zero or undefined value", node)
-        problem = _constant_problem(value) if value.is_number and not value.has(Eig) else None
+        problem = None
+        if isinstance(value, _GROWING) and value.is_number and not value.has(Eig):
+            problem = _constant_problem(value)
         if problem:
             raise self.fail(problem, node)
         return value
@@ -178,8 +182,8 @@ class _Builder(ast.NodeVisitor):
             if not self.in_reduction:
                 raise self.fail(_VECTOR, node)
             return lam
-        if name == "d":
-            return D
+        if name == "d":  # bound now when known, so constant checks see its value
+            return D if self.d is None else sp.Integer(self.d)
         if name in _CONSTANTS:
             return _CONSTANTS[name]
         if name in _REDUCTIONS or name in _FUNCTIONS:
@@ -284,7 +288,13 @@ class _Builder(ast.NodeVisitor):
         if self.terms_left < 0:
             raise self.fail(f"target is too complex (expands to over {MAX_TERMS} terms)", node)
         value = _REDUCTIONS[name](body)
-        return value / D if name == "mean" else value
+        if name == "mean":
+            value = value / D
+        if self.d is not None:  # ESum(c) = c*D, EProd(c) = c**D: c**D may be huge at this d
+            if any(_bits_of_power(power, self.d) > MAX_BITS for power in value.atoms(sp.Pow)):
+                raise self.fail(f"number too large (a constant to the power d = {self.d})", node)
+            value = substitute_d(value, self.d)
+        return value
 
 
 def _int_literal(node: ast.expr) -> int | None:
@@ -295,6 +305,14 @@ def _int_literal(node: ast.expr) -> int | None:
     if isinstance(node, ast.Constant) and type(node.value) is int:
         return sign * node.value
     return None
+
+
+def _bits_of_power(power: sp.Pow, d: int) -> float:
+    """Roughly how many bits the exact value of ``c**(k*D)`` takes at this d (0 if not that)."""
+    exponent = power.exp.subs(D, d)
+    if not (power.base.is_Rational and power.exp.has(D) and exponent.is_Rational):
+        return 0
+    return (max(power.base.p.bit_length(), power.base.q.bit_length()) - 1) * abs(exponent)
 
 
 def _approximate(value: sp.Expr) -> complex | None:

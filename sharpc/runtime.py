@@ -198,7 +198,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
             rho: perturbation radius. strength: weight of rho**2 * R in the objective.
             n_samples: samples per sample group and step (cost: 1 + groups * n passes).
             estimator: "unbiased" (U-statistic; polynomial phi and psi only), "plugin"
-                (phi of the sample means, the paper's Algorithm 2) or "auto" (the first that applies).
+                (phi of the sample means, the paper's Algorithm 2) or "auto" (unbiased when available).
             antithetic: evaluate x + rho v and x - rho v; the bias of Delta drops from O(rho)
                 to O(rho**2) and the first-order term grad . v / rho cancels exactly.
             adaptive: ASAM-style perturbation rho * (|x| + eta) * v.
@@ -315,10 +315,12 @@ class PhiPsiSAM(torch.optim.Optimizer):
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
     def step(self, closure: "Callable[[], torch.Tensor] | None" = None) -> torch.Tensor:
-        """Take one step; returns the (detached) loss at the unperturbed parameters.
+        """Take one step; returns the detached loss at the unperturbed parameters.
 
         ``closure`` computes the loss and calls ``backward()``; it is called 1 + groups * n
-        times (twice n with antithetic). Gradients are cleared before every call.
+        times (1 + 2 * groups * n with antithetic) and gradients are cleared before every call.
+        Afterwards ``.grad`` holds the combined gradient the base optimizer used and
+        ``self.sharpness`` the regularizer estimate R.
         """
         if closure is None:
             raise self.Error(f"{type(self).__name__}.step needs a closure that computes the loss "
@@ -398,12 +400,13 @@ class PhiPsiSAM(torch.optim.Optimizer):
         return loss0
 
     def _evaluate(self, closure: Callable) -> torch.Tensor:
+        """One closure call: the detached loss, in at least float32 (Delta divides by rho**2)."""
         with torch.enable_grad():
             loss = closure()
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
             shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
             raise self.Error(f"the closure must return the loss as a 0-d tensor, got {shape}")
-        return loss.detach()
+        return loss.detach().to(torch.promote_types(loss.dtype, torch.float32))
 
     def _perturb(self, group: GroupSpec, perturbed: list, backup: list, g0_of: dict) -> None:
         """Write x + rho * s * v into the perturbed parameters (s = |x| + eta when adaptive)."""

@@ -12,7 +12,6 @@ import math
 
 import numpy as np
 import pytest
-import sympy as sp
 import torch
 from torch import nn
 
@@ -61,6 +60,15 @@ def least_squares(spectrum, n: int = 200, seed: int = 0):
     inputs = math.sqrt(n) * left @ torch.diag(torch.as_tensor(spectrum, dtype=F64).sqrt()) @ right.T
     model = nn.Linear(d, 1, bias=False).to(F64)
     return model, half_mse, (inputs, torch.randn(n, 1, generator=g, dtype=F64))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: intra-op threads only add overhead (10x slower on 2 busy cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +129,8 @@ def test_batchnorm_hessian_in_either_mode_and_buffers_untouched(mode):
 
 
 def test_dense_refuses_large_models_without_force():
-    op = hessian.HessianOperator(nn.Linear(hessian.DENSE_LIMIT + 1, 1, bias=False), half_mse, data(2, hessian.DENSE_LIMIT + 1, 1, dtype=torch.float32))
+    d = hessian.DENSE_LIMIT + 1
+    op = hessian.HessianOperator(nn.Linear(d, 1, bias=False), half_mse, data(2, d, 1, dtype=torch.float32))
     with pytest.raises(sharpc.SharpcError, match="force=True"):
         op.dense()
 
@@ -189,10 +198,12 @@ def test_probe_loops_never_move_scalars_to_the_host(tiny, monkeypatch):
 
 
 @pytest.mark.parametrize("estimator", [
-    lambda op, n, g: hessian.hutchinson_trace(op, n, generator=g),
-    lambda op, n, g: hessian.hutchpp_trace(op, 3 * n, generator=g),
-    lambda op, n, g: hessian.slq(op, n, 8, generator=g).trace(torch.exp),
-])
+    lambda op, model, batch, n, g: hessian.hutchinson_trace(op, n, generator=g),
+    lambda op, model, batch, n, g: hessian.hutchpp_trace(op, 3 * n, generator=g),
+    lambda op, model, batch, n, g: hessian.slq(op, n, 8, generator=g).trace(torch.exp),
+    lambda op, model, batch, n, g: hessian.evaluate(sharpc.compile("sum(l)*sum(l**2)"), model, half_mse, batch,
+                                                    exact_limit=0, probes=n, generator=g),
+], ids=["hutchinson", "hutch++", "slq", "evaluate"])
 def test_host_transfers_do_not_grow_with_probes(tiny, monkeypatch, estimator):
     """The final conversion to floats may sync once; the loops may not."""
     model, batch, _, _ = tiny
@@ -209,7 +220,7 @@ def test_host_transfers_do_not_grow_with_probes(tiny, monkeypatch, estimator):
     counts = []
     for probes in (3, 12):
         calls.clear()
-        estimator(op, probes, torch.Generator().manual_seed(0))
+        estimator(op, model, batch, probes, torch.Generator().manual_seed(0))
         counts.append(len(calls))
     assert counts[0] == counts[1] <= 2
 
@@ -300,7 +311,8 @@ def test_logdet_of_the_nonzero_spectrum():
     exact = hessian.logdet(op, 1e-6)
     assert exact.value == pytest.approx(expected, rel=1e-10) and exact.details["kept"] == 4
     # With d nodes per probe the quadrature is exact, so only probe noise is left.
-    approximate = hessian.logdet(op, 1e-6, exact_limit=0, iterations=op.dim, generator=torch.Generator().manual_seed(2))
+    approximate = hessian.logdet(op, 1e-6, exact_limit=0, iterations=op.dim,
+                                 generator=torch.Generator().manual_seed(2))
     assert approximate.details["approximate"] and abs(approximate.value - expected) < Z * approximate.stderr
 
 
@@ -335,6 +347,8 @@ def test_evaluate_refuses_what_it_cannot_estimate(tiny):
     model, batch, _, _ = tiny
     with pytest.raises(sharpc.SharpcError, match="power sums"):
         hessian.evaluate(sharpc.compile("prod(l)"), model, half_mse, batch, exact_limit=0)
+    with pytest.raises(sharpc.SharpcError, match="products of 9 power sums"):
+        hessian.evaluate(sharpc.compile("sum(l)**9"), model, half_mse, batch, exact_limit=0)
     with pytest.raises(sharpc.SharpcError, match="d = 3"):
         hessian.evaluate(sharpc.compile("sum(l**2)", d=3), model, half_mse, batch)
 
@@ -373,6 +387,7 @@ def test_u_statistic_is_the_mean_over_distinct_probes():
 # ----------------------------------------------------------------------------- curvlinops
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_products_agree_with_curvlinops(tiny):
     curvlinops = pytest.importorskip("curvlinops")
     model, (inputs, targets), _, _ = tiny

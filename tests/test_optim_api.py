@@ -11,9 +11,8 @@ import torch
 
 import sharpc
 from _optim_helpers import single_thread  # noqa: F401  (autouse fixture: one torch thread)
-from _optim_helpers import flat_params, frobenius, make_closure, tiny_mlp, trace_sphere
-from sharpc import OptimizerError
-from sharpc import optim
+from _optim_helpers import flat_params, frobenius, make_closure, tiny_mlp
+from sharpc import OptimizerError, optim
 from sharpc.optim import DetSAM, FrobSAM, SAM, TraceSAM, optimizer_class
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")

@@ -144,3 +144,23 @@ def test_the_finiteness_check_is_one_host_read_per_step():
         opt.step(closure)
         opt.step(closure)
     assert reads == ["item", "item"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_cuda_step_makes_no_synchronizing_call():
+    """torch's own sync detector, on the device where syncs cost something."""
+    model, x, y = tiny_mlp(batchnorm=True, dropout=0.1)
+    model, x, y = model.cuda(), x.cuda(), y.cuda()
+    opt = FrobSAM(model.parameters(), lr=0.1, momentum=0.9, seed=0, model=model, nonfinite="ignore")
+
+    def closure():
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)  # first-step allocations and lazy initialization are not the question
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        opt.step(closure)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

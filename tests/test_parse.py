@@ -60,6 +60,14 @@ def test_d_is_substituted_and_indices_checked():
         with pytest.raises(ParseError, match="out of range") as info:
             parse(bad, d=3)
         assert info.value.position == 2
+    assert parse("d**2 + sum(1)", d=4) == 20
+    with pytest.raises(ParseError, match="division by zero") as info:
+        parse("1/(d - 3)", d=3)
+    assert info.value.position == 3
+    start = time.perf_counter()  # EProd(0.9 - l) = (9/10)**d * EProd(...): refused, not computed
+    with pytest.raises(ParseError, match="number too large"):
+        parse("prod(0.9 - l)", d=10**8)
+    assert time.perf_counter() - start < 1.0
     for bad_d in (0, -1, 2.0, True, "3"):
         with pytest.raises(ParseError, match="d must be a positive integer"):
             parse("sum(l)", d=bad_d)

@@ -100,6 +100,10 @@ def _power_sum(h: sp.Expr, group: int) -> sp.Expr:
 # ----------------------------------------------------------------------------- sampling
 def group_specs(measure: Measure) -> tuple[tuple[str, tuple[int, ...], float], ...]:
     """(kind, components, half_width) per sample group: what runtime.GroupSpec takes."""
+    components = sorted(c for group in measure.groups for c in group.components)
+    if measure.m == 0 or components != list(range(measure.m)):
+        raise OptimizerError(f"the sample groups must cover the psi components 0..{measure.m - 1} once each, "
+                             f"got {[tuple(g.components) for g in measure.groups]}")
     specs = []
     for group in measure.groups:
         kind, half_width = _sampler(group.distribution)
@@ -141,8 +145,8 @@ def generate(measure: Measure, name: str, recommended: dict | None = None) -> st
     ustat, unavailable = unbiased_estimator(measure)
     if ustat is not None:
         names = [power_sum_symbol(a, k).name for a, k in ustat.power_sums]
-        doc = ("Unbiased estimate of phi(E psi) from the power sums P = ("
-               + ", ".join(names) + "), Pa_k = sum_i Delta_{a,i}**k over the n samples of group a.")
+        doc = (f"Unbiased estimate of phi(E psi) from the power sums P = ({', '.join(names)}).\n\n"
+               "Pa_k = sum_i Delta_{a,i}**k over the n samples of sample group a.")
         body = _unpack(names, "P") if names else ""
         blocks.append(_function("ustat", "P, n, d", doc, body, torch_code(ustat.expr, {*names, "n", "d"})))
 
@@ -156,7 +160,7 @@ def generate(measure: Measure, name: str, recommended: dict | None = None) -> st
            + "".join(f"mu for components {tuple(i + 1 for i in g.components)}: {g.distribution.describe()}\n"
                      for g in measure.groups)
            + f"Estimator: {'unbiased U-statistic available' if ustat else 'plug-in only (' + unavailable + ')'}.\n"
-           f"See sharpc.runtime.PhiPsiSAM for the constructor arguments.")
+           f"See PhiPsiSAM (sharpc.runtime) for the constructor arguments.")
     lines = [
         f"class {name}(PhiPsiSAM):",
         f"    {_docstring(doc, indent='    ')}",
@@ -203,8 +207,4 @@ def _docstring(text: str, indent: str = "    ") -> str:
     return '"""' + "\n".join(lines) + ("\n" + indent if len(lines) > 1 else "") + '"""'
 
 
-def emit_module(measure: Measure, name: str = "SharpSAM") -> str:
-    """A standalone module (torch only) defining the optimizer ``name``; see standalone.py."""
-    from .standalone import emit_module as _emit
-
-    return _emit(measure, name)
+from .standalone import emit_module  # noqa: E402  (standalone builds on generate above)
