@@ -102,7 +102,8 @@ def _compile(options: argparse.Namespace) -> int:
     from . import compile as compile_measure
 
     measure = compile_measure(options.expression, d=options.d, strategy=options.strategy, bound=options.bound,
-                              invariant=options.invariant, force=options.force, det_sampling=options.det_sampling, half_width=options.half_width)
+                              invariant=options.invariant, force=options.force,
+                              det_sampling=options.det_sampling, half_width=options.half_width)
     report = None if options.no_verify else measure.verify(seed=options.seed, samples=options.samples)
     if options.emit:
         from .emit.standalone import emit_module

@@ -40,7 +40,8 @@ from torch import Tensor, nn
 from .distributions import Adaptive
 from .errors import SharpcError
 from .measure import Measure
-from .spectral import D, EMax, EMin, EProd, ESum, Eig, HEntry, lam, reductions
+from .spectral import D, ESum, HEntry, lam, reductions
+from .verify import target_at
 
 #: Largest dimension :meth:`HessianOperator.dense` builds without ``force=True``.
 DENSE_LIMIT = 5000
@@ -435,40 +436,6 @@ def logdet(op: HessianOperator | DiagonalScaled, threshold: float, *, exact_limi
 
 
 # --------------------------------------------------------------------------- compiled measures
-
-
-_REDUCE = {ESum: np.sum, EProd: np.prod, EMax: np.max, EMin: np.min}
-
-
-def target_at(target: sp.Expr, hessian: np.ndarray) -> float:
-    """A target at a numeric symmetric Hessian, in NumPy and linear in d.
-
-    Entries H[i, j] are read off the matrix; each reduction's body is lambdified in the
-    generic eigenvalue and reduced over the eigenvalues; Eig(k) indexes them in descending
-    order; d is the matrix size. (``expand_spectrum`` builds d-term SymPy sums instead.)
-    """
-    d = hessian.shape[0]
-    entries = sorted(target.atoms(HEntry), key=sp.default_sort_key)
-    spectral = sorted(reductions(target), key=sp.default_sort_key)
-    values = [hessian[int(i), int(j)] for i, j in (entry.args for entry in entries)]
-    if spectral:
-        eigenvalues = np.linalg.eigvalsh(hessian)
-        values += [_reduce(atom, eigenvalues) for atom in spectral]
-    symbols = [sp.Dummy() for _ in values]
-    outer = target.xreplace(dict(zip(entries + spectral, symbols))).subs(D, d)
-    if outer.free_symbols - set(symbols):
-        raise SharpcError(f"cannot evaluate {target}: unknown symbols {outer.free_symbols - set(symbols)}")
-    return float(sp.lambdify(symbols, outer, "numpy")(*values))
-
-
-def _reduce(atom: sp.Expr, eigenvalues: np.ndarray) -> float:
-    if isinstance(atom, Eig):
-        k = int(atom.args[0])
-        if not -len(eigenvalues) <= k < len(eigenvalues):
-            raise SharpcError(f"l[{k}] does not exist: the Hessian has {len(eigenvalues)} eigenvalues")
-        return eigenvalues[::-1][k]
-    body = sp.lambdify(lam, atom.body, "numpy")(eigenvalues)
-    return _REDUCE[type(atom)](np.broadcast_to(body, eigenvalues.shape))
 
 
 def evaluate(measure: Measure, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],

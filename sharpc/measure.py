@@ -19,6 +19,7 @@ import numpy as np
 import sympy as sp
 
 from .distributions import Distribution, t
+from .errors import SharpcError
 from .spectral import D
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -159,13 +160,13 @@ class Measure:
         Uses the measured per-sample variance and, for the target's size, a spectrum at the
         domain's bound (or ``spectrum``): n = Var / (rel_tol * |target|)^2.
         """
-        from .verify import estimator_variance, target_value
+        from .verify import estimator_variance, target_at
 
         spectrum = self.domain.probe(self.d or 5) if spectrum is None else spectrum
         variance = estimator_variance(self, spectrum)
-        size = abs(target_value(self, np.diag(spectrum)))
+        size = abs(target_at(self.target, np.diag(spectrum)))
         if not math.isfinite(variance) or size == 0:
-            raise ValueError("the estimator's variance is not finite (or the target is 0) at this spectrum")
+            raise SharpcError("the estimator's variance is not finite (or the target is 0) at this spectrum")
         return max(1, math.ceil(variance / (rel_tol * size) ** 2))
 
     # ----------------------------------------------------------------- pipeline

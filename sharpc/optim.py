@@ -5,31 +5,29 @@ the measure (our own generated code, never user text) on top of :mod:`sharpc.run
 the standalone module of :mod:`sharpc.emit.standalone` contains exactly that source.
 The presets are built on first access, so importing this module compiles nothing.
 
-Preset defaults (override any of them in the constructor):
+Presets and their defaults (override any of them in the constructor):
 
-========  =================================================  =====  ========  =========
-class     measure                                            rho    strength  n_samples
-========  =================================================  =====  ========  =========
-SAM       phi = psi = id, mu = delta(grad/|grad|) (App. H)    0.05   1         1
-TraceSAM  compile("sum(l)"): sphere, E[Q] = tr(H) / (2d)       0.05   1         1
-FrobSAM   compile("sum(l**2)"): Gaussian, 2(E[Q^2] - E[Q]^2)   0.01   0.001     2
-DetSAM    compile("prod(l)", hypercube, half_width=0.01)      1.0    0.1       1
-========  =================================================  =====  ========  =========
+    SAM       phi = psi = identity, mu = delta(grad / |grad|), Appendix H   rho 0.05, strength 1,     n 1
+    TraceSAM  compile("sum(l)"): sphere, E[Q] = tr(H) / (2d)                rho 0.05, strength 1,     n 1
+    FrobSAM   compile("sum(l**2)"): Gaussian, 2 (E[Q^2] - E[Q]^2)           rho 0.01, strength 0.001, n 2
+    DetSAM    compile("prod(l)", det_sampling="hypercube", half_width=0.01)  rho 1,    strength 0.1,   n 1
 
 SAM with strength 1 is textbook SAM (the gradient at x + rho g/|g|); TraceSAM with
 strength 1 descends the average loss over the sphere of radius rho; FrobSAM and DetSAM
-use the middle of the paper's sweeps (Appendix O: Det-SAM samples the cube of side 0.02
-at rho = 1).
+take the middle of the paper's sweeps (Appendix O; Det-SAM samples the cube of side
+0.02 at rho = 1).
 """
 
 from __future__ import annotations
 
 import itertools
 import linecache
+from collections.abc import Callable
 from typing import Any
 
 import sympy as sp
 
+from . import compile as compile_measure
 from . import runtime
 from .distributions import Dirac, t
 from .emit import generate
@@ -38,7 +36,7 @@ from .measure import Measure, SampleGroup, phi_symbols
 
 PhiPsiSAM = runtime.PhiPsiSAM
 
-__all__ = ["optimizer_class", "PhiPsiSAM", "OptimizerError", "SAM", "TraceSAM", "FrobSAM", "DetSAM"]
+__all__ = ["optimizer_class", "PhiPsiSAM", "OptimizerError", "SAM", "TraceSAM", "FrobSAM", "DetSAM"]  # noqa: F822
 
 _classes: dict[Any, type[PhiPsiSAM]] = {}
 _serial = itertools.count(1)
@@ -83,22 +81,23 @@ def _sam_measure() -> Measure:
     )
 
 
-def _preset(name: str) -> type[PhiPsiSAM]:
-    from . import compile as compile_measure
+def _compiled(expression: str, **options: Any) -> Callable[[], Measure]:
+    return lambda: compile_measure(expression, **options)
 
-    measures = {
-        "SAM": (_sam_measure, dict(rho=0.05, strength=1.0, n_samples=1)),
-        "TraceSAM": (lambda: compile_measure("sum(l)"), dict(rho=0.05, strength=1.0, n_samples=1)),
-        "FrobSAM": (lambda: compile_measure("sum(l**2)"), dict(rho=0.01, strength=0.001, n_samples=2)),
-        "DetSAM": (lambda: compile_measure("prod(l)", det_sampling="hypercube", half_width=0.01),
-                   dict(rho=1.0, strength=0.1, n_samples=1)),
-    }
-    make, recommended = measures[name]
-    return _build(make(), name, recommended)
+
+_PRESETS: dict[str, tuple[Callable[[], Measure], dict[str, Any]]] = {
+    "SAM": (_sam_measure, dict(rho=0.05, strength=1.0, n_samples=1)),
+    "TraceSAM": (_compiled("sum(l)"), dict(rho=0.05, strength=1.0, n_samples=1)),
+    "FrobSAM": (_compiled("sum(l**2)"), dict(rho=0.01, strength=0.001, n_samples=2)),
+    "DetSAM": (_compiled("prod(l)", det_sampling="hypercube", half_width=0.01),
+               dict(rho=1.0, strength=0.1, n_samples=1)),
+}
 
 
 def __getattr__(name: str) -> type[PhiPsiSAM]:
-    if name in ("SAM", "TraceSAM", "FrobSAM", "DetSAM"):
-        cls = globals()[name] = _preset(name)
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    """Build a preset class on first access (and keep it as a module attribute)."""
+    if name not in _PRESETS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    make, recommended = _PRESETS[name]
+    cls = globals()[name] = _build(make(), name, recommended)
+    return cls

@@ -21,8 +21,22 @@ from functools import lru_cache, reduce
 import numpy as np
 import sympy as sp
 
+from .errors import SharpcError
 from .measure import Domain, Measure
-from .spectral import D, Eig, HEntry, RootEig, eigenvalue_symbols, expand_spectrum, is_matrix_target
+from .spectral import (
+    D,
+    Eig,
+    EMax,
+    EMin,
+    EProd,
+    ESum,
+    HEntry,
+    RootEig,
+    eigenvalue_symbols,
+    expand_spectrum,
+    lam,
+    reductions,
+)
 
 #: Spectrum lengths the Monte Carlo test uses when d is symbolic.
 MC_DIMENSIONS = (2, 3, 5, 8)
@@ -179,17 +193,38 @@ def _numeric(expr: sp.Expr, args: tuple[sp.Symbol, ...]):
     return sp.lambdify(args, expr, modules=[_NUMPY])
 
 
-def target_value(measure: Measure, hessian: np.ndarray) -> float:
-    """The target at a numeric symmetric Hessian (its entries, or its sorted eigenvalues)."""
-    if is_matrix_target(measure.target):
-        entries = sorted(measure.target.atoms(HEntry), key=sp.default_sort_key)
-        values = [hessian[int(e.args[0]), int(e.args[1])] for e in entries]
-        return float(_numeric(measure.target, tuple(entries))(*values))
-    spectrum = np.linalg.eigvalsh(hessian)
-    symbols = eigenvalue_symbols(len(spectrum))
-    explicit = expand_spectrum(measure.target, symbols)
-    explicit = explicit.xreplace({e: symbols[int(e.args[0]) % len(symbols)] for e in explicit.atoms(Eig)})
-    return float(_numeric(explicit, symbols)(*np.sort(spectrum)[::-1]))
+_REDUCE = {ESum: np.sum, EProd: np.prod, EMax: np.max, EMin: np.min}
+
+
+def target_at(target: sp.Expr, hessian: np.ndarray) -> float:
+    """A target at a numeric symmetric Hessian, in NumPy and linear in d.
+
+    Entries H[i, j] are read off the matrix; each reduction's body is lambdified in the
+    generic eigenvalue and reduced over the eigenvalues; Eig(k) indexes them in descending
+    order; d is the matrix size. (``expand_spectrum`` would build d-term SymPy sums instead.)
+    """
+    d = hessian.shape[0]
+    entries = sorted(target.atoms(HEntry), key=sp.default_sort_key)
+    spectral = sorted(reductions(target), key=sp.default_sort_key)
+    values = [hessian[int(i), int(j)] for i, j in (entry.args for entry in entries)]
+    if spectral:
+        eigenvalues = np.linalg.eigvalsh(hessian)
+        values += [_reduce(atom, eigenvalues) for atom in spectral]
+    symbols = tuple(sp.Dummy() for _ in values)
+    outer = target.xreplace(dict(zip(entries + spectral, symbols))).subs(D, d)
+    if outer.free_symbols - set(symbols):
+        raise SharpcError(f"cannot evaluate {target}: unknown symbols {outer.free_symbols - set(symbols)}")
+    return float(_numeric(outer, symbols)(*values))
+
+
+def _reduce(atom: sp.Expr, eigenvalues: np.ndarray) -> float:
+    if isinstance(atom, Eig):
+        k = int(atom.args[0])
+        if not -len(eigenvalues) <= k < len(eigenvalues):
+            raise SharpcError(f"l[{k}] does not exist: the Hessian has {len(eigenvalues)} eigenvalues")
+        return eigenvalues[::-1][k]
+    body = _numeric(atom.body, (lam,))(eigenvalues)
+    return _REDUCE[type(atom)](np.broadcast_to(body, eigenvalues.shape))
 
 
 def _estimate(measure: Measure, d: int, hessian: np.ndarray, spectrum: np.ndarray, n: int,
@@ -235,7 +270,7 @@ def monte_carlo(measure: Measure, *, samples: int = 20_000, seed: int = 0, z_thr
                 continue
             hessian = _random_hessian(spectrum, rng)
             exact = np.linalg.eigvalsh(hessian)
-            target = target_value(measure, hessian)
+            target = target_at(measure.target, hessian)
             estimate, stderr = _estimate(measure, d, hessian, exact, samples, rng)
             error = estimate - target
             tolerance = 1e-9 * max(1.0, abs(target))

@@ -60,6 +60,14 @@ def third_power_sum() -> Measure:
     return measure("sum(l**3)", ESum(lam**3), t3 - 3 * t1 * t2 + 2 * t1**3, (t, t**2, t**3), Gaussian())
 
 
+def trace_product_two_groups() -> Measure:
+    """(tr H / 2) * (tr H / (2d)): E_gauss[Q] * E_sphere[Q] over independent sample groups."""
+    t1, t2 = phi_symbols(2)
+    return Measure(source="sum(l)**2", target=ESum(lam) ** 2, d=None, phi=t1 * t2, psi=(t, t),
+                   groups=(SampleGroup(Gaussian(), (0,)), SampleGroup(Sphere(), (1,))),
+                   strategy="by-hand", steps=(), scale=4 * D)
+
+
 def symmetric(eigenvalues, seed: int = 0) -> np.ndarray:
     """Q diag(eigenvalues) Q^T for a random orthogonal Q."""
     rng = np.random.default_rng(seed)

@@ -15,8 +15,6 @@ from _optim_helpers import flat_params, frobenius, make_closure, tiny_mlp
 from sharpc import OptimizerError, optim
 from sharpc.optim import DetSAM, FrobSAM, SAM, TraceSAM, optimizer_class
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
-
 
 def train(opt, closure, steps):
     return [opt.step(closure) for _ in range(steps)]

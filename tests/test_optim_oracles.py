@@ -19,19 +19,16 @@ import torch
 
 from _optim_helpers import single_thread  # noqa: F401  (autouse fixture: one torch thread)
 from _optim_helpers import (Quadratic, frobenius, mean_and_se, shifted_det, symmetric, third_power_sum,
-                            trace_gaussian, trace_sphere)
+                            trace_gaussian, trace_product_two_groups, trace_sphere)
 from sharpc.distributions import Gaussian, t
 from sharpc.emit import power_sum_symbol, unbiased_estimator
 from sharpc.measure import Measure, SampleGroup, phi_symbols
 from sharpc.optim import SAM, optimizer_class
 
-# torch's forward-mode AD (used for psi') scripts its decompositions once, with this warning.
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
-
 EIGS = np.array([1.5, 0.7, -0.4, 0.2])
 
 
-def sharpness_trace(measure, A, steps, **options):
+def sharpness_history(measure, A, steps, **options):
     quad = Quadratic(A)
     opt = optimizer_class(measure)([quad.x], rho=options.pop("rho", 0.3), strength=1.0, lr=0.0, seed=0, **options)
     values = []
@@ -46,21 +43,23 @@ def sharpness_trace(measure, A, steps, **options):
     ("trace on the sphere", trace_sphere, 16, 150),
     ("Frobenius", frobenius, 8, 300),
     ("third power sum", third_power_sum, 12, 300),
+    ("two independent groups", trace_product_two_groups, 8, 150),
 ])
 def test_unbiased_sharpness_converges_to_the_target(name, build, n, steps):
     A = symmetric(EIGS)
     d = len(EIGS)
     expected = {"trace on the sphere": EIGS.sum() / (2 * d),  # target / scale, scale = 2d
                 "Frobenius": (EIGS**2).sum(),
-                "third power sum": (EIGS**3).sum()}[name]
-    mean, se = mean_and_se(sharpness_trace(build(), A, steps, n_samples=n))
+                "third power sum": (EIGS**3).sum(),
+                "two independent groups": EIGS.sum() ** 2 / (4 * d)}[name]
+    mean, se = mean_and_se(sharpness_history(build(), A, steps, n_samples=n))
     assert abs(mean - expected) < 5 * se + 1e-12, (name, mean, expected, se)
 
 
 def test_shifted_determinant_plugin_converges_up_to_its_delta_method_bias():
     sigma, n = 0.2, 32
     eigs = np.array([1.2, 0.5, -0.8])  # sigma * l_max = 0.24 < 1/2: finite variance
-    mean, se = mean_and_se(sharpness_trace(shifted_det(sigma), symmetric(eigs), 150, n_samples=n))
+    mean, se = mean_and_se(sharpness_history(shifted_det(sigma), symmetric(eigs), 150, n_samples=n))
     mu = np.prod(1 - sigma * eigs) ** -0.5                # E[exp(sigma Q)]
     var = np.prod(1 - 2 * sigma * eigs) ** -0.5 - mu**2   # Var[exp(sigma Q)]
     bias = 3 * mu**-4 * var / n                            # phi = t^-2: phi''/2 * Var / n
@@ -71,8 +70,8 @@ def test_unbiased_estimator_is_unbiased_where_the_plugin_is_not():
     """n = 2: E[plugin] = 2 Var(Q) (n-1)/n = p2 / 2, while E[U] = p2."""
     A = symmetric(EIGS[:3])
     p2 = (EIGS[:3] ** 2).sum()
-    unbiased, se_u = mean_and_se(sharpness_trace(frobenius(), A, 1500, n_samples=2, estimator="unbiased"))
-    plugin, se_p = mean_and_se(sharpness_trace(frobenius(), A, 1500, n_samples=2, estimator="plugin"))
+    unbiased, se_u = mean_and_se(sharpness_history(frobenius(), A, 1500, n_samples=2, estimator="unbiased"))
+    plugin, se_p = mean_and_se(sharpness_history(frobenius(), A, 1500, n_samples=2, estimator="plugin"))
     assert abs(unbiased - p2) < 4 * se_u
     assert abs(plugin - p2 / 2) < 4 * se_p
     assert p2 - plugin > 10 * se_p

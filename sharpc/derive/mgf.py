@@ -16,7 +16,7 @@ import sympy as sp
 from ..distributions import Gaussian, t
 from ..measure import Domain, Measure, SampleGroup, phi_symbols
 from ..spectral import D, EProd, ESum, lam, reductions
-from . import Decline, Strategy, Request, affine_in, make_measure, relation, sign_of
+from . import Decline, Request, Strategy, affine_in, make_measure, relation, sign_of
 
 NAME = "mgf"
 SUMMARY = "Gaussian MGF: c * prod(1 + s*l)**a + k and c * sum(log(a0 + b*l)) + k"
@@ -70,7 +70,8 @@ def shifted_determinant(request: Request, atom: sp.Expr, power: sp.Expr, fit: tu
         return None
     sigma = -linear[1]
     c, k = fit
-    why = f"so {sp.sstr(atom)}**{sp.sstr(power)} = E[exp(sigma Q)]**{sp.sstr(-2 * power)}: phi = t1**{sp.sstr(-2 * power)}"
+    exponent = sp.sstr(-2 * power)
+    why = f"so {sp.sstr(atom)}**{sp.sstr(power)} = E[exp(sigma Q)]**{exponent}: phi = t1**{exponent}"
     return _gaussian_exp_measure(request, sigma, t1 ** (-2 * power), c, k, why, strategy)
 
 

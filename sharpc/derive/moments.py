@@ -21,7 +21,7 @@ from ..distributions import Gaussian, t
 from ..errors import DerivationError
 from ..measure import Measure, SampleGroup, phi_symbols
 from ..spectral import Eig, ESum, eigenvalue_symbols, expand_spectrum, lam, reductions
-from . import Decline, Strategy, Request, make_measure, tuple_text
+from . import Decline, Request, Strategy, make_measure, tuple_text
 
 NAME = "moments"
 SUMMARY = "polynomials in power sums p_k (any d) or symmetric polynomials (concrete d) via cumulants"

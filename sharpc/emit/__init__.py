@@ -20,8 +20,11 @@ For Frobenius, 2(t2 - t1^2) becomes 2 (P2/n - (P1^2 - P2)/(n(n-1))): Algorithm 3
 
 from __future__ import annotations
 
+import ast
+import functools
 import keyword
 from dataclasses import dataclass
+from importlib import resources
 from math import factorial, prod
 
 import sympy as sp
@@ -75,6 +78,8 @@ def unbiased_estimator(measure: Measure) -> tuple[UStatistic | None, str]:
             term *= _distinct_mean(factors, a)
         total += term
     symbols = sorted((s for s in total.free_symbols if s.name.startswith("P")), key=lambda s: s.name)
+    if not symbols:
+        return None, f"phi = {sp.sstr(measure.phi)} does not depend on the samples"
     power_sums = tuple(sorted((int(a), int(k)) for a, k in (s.name[1:].split("_") for s in symbols)))
     return UStatistic(total, power_sums, max(order, 1)), ""
 
@@ -128,8 +133,9 @@ def _sampler(distribution: Distribution) -> tuple[str, float]:
 # ----------------------------------------------------------------------------- source
 def generate(measure: Measure, name: str, recommended: dict | None = None) -> str:
     """Python source defining phi, psi, ustat and ``class <name>(PhiPsiSAM)``."""
-    if not (name.isidentifier() and not keyword.iskeyword(name)) or name in _RESERVED:
-        raise OptimizerError(f"{name!r} cannot name a generated optimizer class")
+    if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_") or name in _taken_names():
+        raise OptimizerError(f"{name!r} cannot name a generated optimizer class (it must be an identifier "
+                             "not starting with _ and not a name runtime.py or the generated code defines)")
     m = measure.m
     phi_args = [s.name for s in measure.phi_args]
     phi_code = torch_code(measure.phi, {*phi_args, "d"})
@@ -140,15 +146,15 @@ def generate(measure: Measure, name: str, recommended: dict | None = None) -> st
     components = ", ".join(_component(c) for c in measure.psi)
     blocks.append(
         f"def psi(t, d):\n"
-        f"    {_docstring('psi(t) = (' + ', '.join(sp.sstr(c) for c in measure.psi) + ')')}\n"
+        f"    {_docstring('psi(t) = (' + ', '.join(sp.sstr(c) for c in measure.psi) + (',)' if m == 1 else ')'))}\n"
         f"    return torch.stack(({components}{',' if m == 1 else ''}))\n")
     ustat, unavailable = unbiased_estimator(measure)
     if ustat is not None:
         names = [power_sum_symbol(a, k).name for a, k in ustat.power_sums]
         doc = (f"Unbiased estimate of phi(E psi) from the power sums P = ({', '.join(names)}).\n\n"
                "Pa_k = sum_i Delta_{a,i}**k over the n samples of sample group a.")
-        body = _unpack(names, "P") if names else ""
-        blocks.append(_function("ustat", "P, n, d", doc, body, torch_code(ustat.expr, {*names, "n", "d"})))
+        blocks.append(_function("ustat", "P, n, d", doc, _unpack(names, "P"),
+                                torch_code(ustat.expr, {*names, "n", "d"})))
 
     specs = ", ".join(f"GroupSpec({kind!r}, {components!r}, {half_width!r})"
                       for kind, components, half_width in group_specs(measure))
@@ -181,8 +187,24 @@ def generate(measure: Measure, name: str, recommended: dict | None = None) -> st
     return "\n\n".join(blocks)
 
 
-_RESERVED = {"torch", "phi", "psi", "ustat", "PhiPsiSAM", "GroupSpec", "OptimizerError", "draw_", "sample_rows",
-             "polynomial_root"}
+def runtime_text() -> str:
+    """sharpc/runtime.py's source, read from the package: emitting never imports torch."""
+    return resources.files("sharpc").joinpath("runtime.py").read_text(encoding="utf-8")
+
+
+@functools.cache
+def _taken_names() -> frozenset[str]:
+    """Module-level names of runtime.py and of the generated code: a class must not shadow them."""
+    tree = ast.parse(runtime_text())
+    names = {"phi", "psi", "ustat"}
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(target.id for target in node.targets if isinstance(target, ast.Name))
+    return frozenset(names)
 
 
 def _function(name: str, signature: str, doc: str, body: str, code: str) -> str:
