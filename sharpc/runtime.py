@@ -42,20 +42,31 @@ class GroupSpec:
     """psi components that share one set of samples, and the distribution they come from.
 
     kind is "gaussian" (N(0, I)), "sphere" (uniform on the unit sphere of all perturbed
-    coordinates together), "hypercube" (uniform on [-half_width, half_width]^d) or "dirac"
-    (SAM's point mass at grad / |grad|, fixed by the clean gradient of each step).
+    coordinates together), "hypercube" (uniform on [-half_width, half_width]^d), "point"
+    (the fixed point sum_{i in support} e_i of the flattened perturbed vector, Theorem 7) or
+    "dirac" (SAM's point mass at grad / |grad|, fixed by the clean gradient of each step).
+    ``adaptive`` scales every sample by |x| + eta (the adaptive measure mu_x).
     """
 
     kind: str
     components: tuple
     half_width: float = 1.0
+    support: tuple = ()
+    adaptive: bool = False
+
+    @property
+    def deterministic(self) -> bool:
+        """One sample is the whole distribution: more would repeat it."""
+        return self.kind in ("dirac", "point")
 
 
 # ----------------------------------------------------------------------------- sampling
 def draw_(kind: str, tensors: list, generator: torch.Generator | None = None,
-          half_width: float = 1.0) -> None:
+          half_width: float = 1.0, support: tuple = ()) -> None:
     """Overwrite ``tensors``, the pieces of one vector, with a sample of the distribution."""
-    if kind in ("gaussian", "sphere"):
+    if kind == "point":
+        _point_(tensors, support)
+    elif kind in ("gaussian", "sphere"):
         for v in tensors:
             v.normal_(generator=generator)
         if kind == "sphere":  # normalized over all pieces together, never per tensor
@@ -76,6 +87,20 @@ def sample_rows(kind: str, n: int, d: int, *, half_width: float = 1.0,
         return out.div_(torch.linalg.vector_norm(out, dim=1, keepdim=True))
     draw_(kind, [out], generator, half_width)
     return out
+
+
+def _point_(tensors: list, support: tuple) -> None:
+    """sum_{i in support} e_i, with i indexing the pieces flattened and concatenated in order."""
+    torch._foreach_zero_(tensors)
+    offset = 0
+    for v in tensors:
+        flat = v.view(-1)
+        for i in support:
+            if offset <= i < offset + flat.numel():
+                flat[i - offset] = 1
+        offset += flat.numel()
+    if support and max(support) >= offset:
+        raise OptimizerError(f"the point e_{max(support)} is outside the {offset} perturbed coordinates")
 
 
 def _global_norm(tensors: list) -> torch.Tensor:
@@ -249,8 +274,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
             raise self.Error(f"the unbiased estimator of {self.target!r} averages over {self.ustat_order} "
                              f"distinct samples, so n_samples must be >= {self.ustat_order} (got {n_samples}); "
                              "or use estimator='plugin'")
-        if n_samples != 1 and any(g.kind == "dirac" for g in self.sample_groups):
-            raise self.Error("a Dirac (SAM) sample group is deterministic: n_samples must be 1")
+        if n_samples != 1 and any(g.deterministic for g in self.sample_groups):
+            raise self.Error("a point-mass (Dirac) sample group is deterministic: n_samples must be 1")
         if nonfinite not in ("raise", "skip", "ignore"):
             raise self.Error(f"nonfinite must be 'raise', 'skip' or 'ignore', got {nonfinite!r}")
         if not eta >= 0:
@@ -452,16 +477,16 @@ class PhiPsiSAM(torch.optim.Optimizer):
             for p in perturbed:
                 g = g0_of.get(id(p))
                 p.copy_(g) if g is not None else p.zero_()
-            self._scale_adaptive(perturbed, backup)
+            self._scale_adaptive(perturbed, backup, group.adaptive)
             torch._foreach_div_(perturbed, _global_norm(perturbed).clamp_min(torch.finfo(perturbed[0].dtype).tiny))
         else:
-            draw_(group.kind, perturbed, self.generator, group.half_width)
-        self._scale_adaptive(perturbed, backup)
+            draw_(group.kind, perturbed, self.generator, group.half_width, group.support)
+        self._scale_adaptive(perturbed, backup, group.adaptive)
         torch._foreach_mul_(perturbed, self.rho)
         torch._foreach_add_(perturbed, backup)
 
-    def _scale_adaptive(self, perturbed: list, backup: list) -> None:
-        if self.adaptive:
+    def _scale_adaptive(self, perturbed: list, backup: list, measure_is_adaptive: bool) -> None:
+        if self.adaptive or measure_is_adaptive:
             for p, x in zip(perturbed, backup):
                 p.mul_(x.abs().add_(self.eta))
 

@@ -30,7 +30,7 @@ from math import factorial, prod
 import sympy as sp
 from sympy.utilities.iterables import multiset_partitions
 
-from ..distributions import Dirac, Distribution, Gaussian, Hypercube, Lebesgue, Sphere, t
+from ..distributions import Adaptive, Dirac, DiracAt, Distribution, Gaussian, Hypercube, Lebesgue, Sphere, t
 from ..errors import OptimizerError
 from ..measure import Measure
 from .printer import torch_code
@@ -65,7 +65,7 @@ def unbiased_estimator(measure: Measure) -> tuple[UStatistic | None, str]:
     for i, component in enumerate(measure.psi):
         if not component.is_polynomial(t):
             return None, f"psi_{i + 1} = {sp.sstr(component)} is not a polynomial"
-    if any(isinstance(g.distribution, Dirac) for g in measure.groups):
+    if any(isinstance(g.distribution, (Dirac, DiracAt)) for g in measure.groups):
         return None, "a Dirac group has one deterministic sample"
     total, order = sp.Integer(0), 0
     for powers, coeff in sp.Poly(measure.phi, *args).terms():
@@ -103,16 +103,22 @@ def _power_sum(h: sp.Expr, group: int) -> sp.Expr:
 
 
 # ----------------------------------------------------------------------------- sampling
-def group_specs(measure: Measure) -> tuple[tuple[str, tuple[int, ...], float], ...]:
-    """(kind, components, half_width) per sample group: what runtime.GroupSpec takes."""
+def group_specs(measure: Measure) -> tuple[tuple[str, tuple[int, ...], float, tuple[int, ...], bool], ...]:
+    """(kind, components, half_width, support, adaptive) per sample group: runtime.GroupSpec's fields."""
     components = sorted(c for group in measure.groups for c in group.components)
     if measure.m == 0 or components != list(range(measure.m)):
         raise OptimizerError(f"the sample groups must cover the psi components 0..{measure.m - 1} once each, "
                              f"got {[tuple(g.components) for g in measure.groups]}")
     specs = []
     for group in measure.groups:
-        kind, half_width = _sampler(group.distribution)
-        specs.append((kind, tuple(group.components), half_width))
+        distribution, adaptive = group.distribution, isinstance(group.distribution, Adaptive)
+        if adaptive:
+            distribution = distribution.base
+        if isinstance(distribution, DiracAt):
+            specs.append(("point", tuple(group.components), 1.0, tuple(distribution.support), adaptive))
+            continue
+        kind, half_width = _sampler(distribution)
+        specs.append((kind, tuple(group.components), half_width, (), adaptive))
     return tuple(specs)
 
 
@@ -156,8 +162,8 @@ def generate(measure: Measure, name: str, recommended: dict | None = None) -> st
         blocks.append(_function("ustat", "P, n, d", doc, _unpack(names, "P"),
                                 torch_code(ustat.expr, {*names, "n", "d"})))
 
-    specs = ", ".join(f"GroupSpec({kind!r}, {components!r}, {half_width!r})"
-                      for kind, components, half_width in group_specs(measure))
+    specs = ", ".join(f"GroupSpec({kind!r}, {components!r}, {half_width!r}, {support!r}, {adaptive!r})"
+                      for kind, components, half_width, support, adaptive in group_specs(measure))
     dropped = "; ".join(measure.constants_dropped) or "none"
     doc = (f"(phi, psi, mu)-SAM for the sharpness target {sp.sstr(measure.target)}.\n\n"
            f"Minimizes L(x) + strength * rho**2 * R(x), where R estimates\n"

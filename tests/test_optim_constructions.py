@@ -1,0 +1,84 @@
+"""Optimizers for the Theorem 6/7 and adaptive measures, on quadratic oracles.
+
+For L(x) = 1/2 (x - x0)^T A (x - x0) at x = x0, (L(x0 + rho v) - L(x0)) / rho^2 = 1/2 v^T A v
+exactly, so the sharpness estimate converges to S(x; phi, psi, mu) for any rho.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import sharpc
+from sharpc.derive import Request, derive
+from sharpc.spectral import HEntry, hessian_matrix
+
+
+def quadratic(a: torch.Tensor, x0: torch.Tensor):
+    x = torch.nn.Parameter(x0.clone())
+
+    def closure():
+        y = x - x0
+        loss = 0.5 * y @ a @ y
+        loss.backward()
+        return loss
+    return x, closure
+
+
+def spd(d: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    return q @ torch.diag(torch.linspace(-0.8, 1.5, d, dtype=torch.float64)) @ q.T
+
+
+@pytest.mark.parametrize("target", [HEntry(0, 1) ** 2, (hessian_matrix(3) ** 2).trace(), hessian_matrix(3).det()])
+def test_dirac_measures_read_the_hessian_exactly(target):
+    measure = derive(Request(str(target), target, d=3))
+    a = spd(3, 0)
+    x, closure = quadratic(a, torch.zeros(3, dtype=torch.float64))
+    opt = measure.optimizer_class()([x], rho=0.1, strength=0.0, lr=0.0)
+    opt.step(closure)
+    expected = float(target.subs({HEntry(i, j): a[i, j].item() for i in range(3) for j in range(i, 3)}))
+    assert opt.sharpness.item() == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_dirac_components_need_one_sample():
+    measure = derive(Request("H[0, 1]", HEntry(0, 1), d=2))
+    x, _ = quadratic(spd(2, 1), torch.zeros(2, dtype=torch.float64))
+    with pytest.raises(sharpc.OptimizerError, match="n_samples must be 1"):
+        measure.optimizer_class()([x], rho=0.1, strength=0.0, n_samples=2, lr=0.0)
+
+
+def test_spectral_max_optimizer_tracks_the_top_eigenvalue():
+    measure = sharpc.compile("max(l)", d=3, bound=2)
+    a = spd(3, 2)
+    x, closure = quadratic(a, torch.zeros(3, dtype=torch.float64))
+    opt = measure.optimizer_class()([x], rho=0.05, strength=0.0, n_samples=4000, lr=0.0, seed=0,
+                                    estimator="plugin")
+    values = []
+    for _ in range(10):
+        opt.zero_grad()
+        opt.step(closure)
+        values.append(opt.sharpness.item())
+    top = torch.linalg.eigvalsh(a).max().item()
+    assert np.mean(values) == pytest.approx(top, abs=0.1)
+
+
+def test_adaptive_measure_sees_the_rescaled_hessian():
+    """S for mu_x = law of |x| v is the target on diag|x| A diag|x|, and so is the estimate."""
+    measure = sharpc.compile("sum(l**2)", invariant="scale")
+    a = spd(4, 3)
+    x0 = torch.tensor([0.5, -2.0, 1.0, 3.0], dtype=torch.float64)
+    x, closure = quadratic(a, x0)
+    opt = measure.optimizer_class()([x], rho=0.05, strength=0.0, n_samples=2, lr=0.0, eta=0.0, seed=0)
+    values = []
+    for _ in range(1500):
+        opt.zero_grad()
+        opt.step(closure)
+        values.append(opt.sharpness.item())
+    scaled = torch.diag(x0.abs()) @ a @ torch.diag(x0.abs())
+    expected = (torch.linalg.eigvalsh(scaled) ** 2).sum().item()
+    stderr = np.std(values) / np.sqrt(len(values))
+    assert abs(np.mean(values) - expected) < 4 * stderr
+    assert abs(expected - (torch.linalg.eigvalsh(a) ** 2).sum().item()) > 10 * stderr
