@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     comp.add_argument("--no-verify", action="store_true", help="skip verification")
     comp.add_argument("--seed", type=int, default=0, help="Monte Carlo seed (default 0)")
-    comp.add_argument("--samples", type=_positive_int, default=20_000, help="Monte Carlo samples per case")
+    comp.add_argument("--samples", type=_positive_int, default=10_000, help="Monte Carlo samples per case")
     comp.add_argument("--emit", metavar="PATH", default=None, help="write a standalone torch module to PATH")
     comp.add_argument("--name", default=None, help="class name of the emitted optimizer")
     commands.add_parser("list", help="the catalog of named measures")

@@ -227,30 +227,38 @@ def _reduce(atom: sp.Expr, eigenvalues: np.ndarray) -> float:
     return _REDUCE[type(atom)](np.broadcast_to(body, eigenvalues.shape))
 
 
+@lru_cache(maxsize=32)
+def _numeric_measure(measure: Measure, d: int):
+    """psi components, phi, grad phi, scale and offset at dimension d, as numpy callables (built once)."""
+    psi = [_numeric(p.subs(D, d), (measure.psi_arg,)) for p in measure.psi]
+    phi = measure.phi.subs(D, d)
+    args = measure.phi_args
+    gradient = [_numeric(sp.diff(phi, a), args) for a in args]
+    scale, offset = (float(sp.sympify(x).subs(D, d)) for x in (measure.scale, measure.offset))
+    return psi, _numeric(phi, args), gradient, scale, offset
+
+
 def _estimate(measure: Measure, d: int, hessian: np.ndarray, spectrum: np.ndarray, n: int,
               rng: np.random.Generator) -> tuple[float, float]:
     """scale * phi(component means) + offset, and its delta-method standard error."""
+    psi, phi, gradient, scale, offset = _numeric_measure(measure, d)
     means = np.zeros(measure.m)
     covariance = np.zeros((measure.m, measure.m))
     for group in measure.groups:
         v, weights = group.distribution.mc_sample(n, d, rng, spectrum)
         q = 0.5 * np.sum((v @ hessian) * v, axis=1)
         with np.errstate(over="ignore", invalid="ignore"):
-            values = np.stack([weights * np.broadcast_to(
-                _numeric(measure.psi[c].subs(D, d), (measure.psi_arg,))(q), q.shape) for c in group.components])
+            values = np.stack([weights * np.broadcast_to(psi[c](q), q.shape) for c in group.components])
         idx = np.array(group.components)
         means[idx] = values.mean(axis=1)
         covariance[np.ix_(idx, idx)] = np.atleast_2d(np.cov(values)) / n
-    phi = measure.phi.subs(D, d)
-    args = measure.phi_args
-    gradient = np.array([float(_numeric(sp.diff(phi, a), args)(*means)) for a in args])
-    scale, offset = (float(sp.sympify(x).subs(D, d)) for x in (measure.scale, measure.offset))
-    estimate = scale * float(_numeric(phi, args)(*means)) + offset
-    stderr = abs(scale) * math.sqrt(max(float(gradient @ covariance @ gradient), 0.0))
+    slope = np.array([float(g(*means)) for g in gradient])
+    estimate = scale * float(phi(*means)) + offset
+    stderr = abs(scale) * math.sqrt(max(float(slope @ covariance @ slope), 0.0))
     return estimate, stderr
 
 
-def estimator_variance(measure: Measure, spectrum, *, samples: int = 20_000, seed: int = 0) -> float:
+def estimator_variance(measure: Measure, spectrum, *, samples: int = 10_000, seed: int = 0) -> float:
     """Per-sample variance of the regularizer estimate at a spectrum (delta method, seeded)."""
     rng = np.random.default_rng(seed)
     spectrum = np.asarray(spectrum, dtype=float)
@@ -258,7 +266,7 @@ def estimator_variance(measure: Measure, spectrum, *, samples: int = 20_000, see
     return stderr**2 * samples
 
 
-def monte_carlo(measure: Measure, *, samples: int = 20_000, seed: int = 0, z_threshold: float = 4.5,
+def monte_carlo(measure: Measure, *, samples: int = 10_000, seed: int = 0, z_threshold: float = 4.5,
                 dimensions: tuple[int, ...] | None = None) -> tuple[MonteCarloCase, ...]:
     rng = np.random.default_rng(seed)
     dims = (measure.d,) if measure.d is not None else (dimensions or MC_DIMENSIONS)
@@ -284,7 +292,7 @@ def monte_carlo(measure: Measure, *, samples: int = 20_000, seed: int = 0, z_thr
     return tuple(cases)
 
 
-def verify(measure: Measure, *, samples: int = 20_000, seed: int = 0, z_threshold: float = 4.5,
+def verify(measure: Measure, *, samples: int = 10_000, seed: int = 0, z_threshold: float = 4.5,
            symbolic: bool = True, dimensions: tuple[int, ...] | None = None) -> VerificationReport:
     """Certificate (if a closed form exists) and a seeded Monte Carlo test of ``measure``."""
     notes = []
