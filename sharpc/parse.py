@@ -18,7 +18,7 @@ import warnings
 import sympy as sp
 
 from .errors import ParseError
-from .spectral import D, EMax, EMin, EProd, ESum, Eig, lam, substitute_d
+from .spectral import D, Eig, EMax, EMin, EProd, ESum, lam, substitute_d
 
 MAX_LENGTH = 2000  #: characters of target text
 MAX_NODES = 500  #: expression nodes in the syntax tree
@@ -26,8 +26,11 @@ MAX_DEPTH = 50  #: nesting of expression nodes
 MAX_EXPONENT = 64  #: largest |exponent| in ``a**b``
 MAX_LITERAL = 10**12  #: largest |number| written in the text
 MAX_MAGNITUDE = 10**300  #: largest |constant| built from literals
-MAX_BITS = 8192  #: largest numerator/denominator of an exact constant
+MAX_BITS = 8192  #: largest numerator or denominator of any exact number built
 MAX_TERMS = 500  #: estimated terms after expanding all reduction bodies
+#: SymPy simplifies c**(p/q), for a number c, through numbers of about q*bits(c) bits that
+#: it then factors (12**(99999/100003) takes minutes); this bounds q*bits(c).
+MAX_RADICAL = 1024
 
 LANGUAGE_HELP = """\
 A target is an expression in the Hessian eigenvalues l = (l_1, ..., l_d), e.g.
@@ -48,7 +51,7 @@ _FUNCTIONS = {
 _CONSTANTS = {"pi": sp.pi, "E": sp.E}
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
 #: Constants that can outgrow (or leave the reals from) their arguments; others are not re-checked.
-_GROWING = (sp.Rational, sp.Add, sp.Mul, sp.Pow, sp.exp, sp.log)
+_GROWING = (sp.Rational, sp.Add, sp.Mul, sp.Pow, sp.exp, sp.log, type(sp.I))
 _UNDEFINED = (sp.zoo, sp.nan, sp.oo, sp.S.NegativeInfinity)
 _VECTOR = "l is a vector: reduce it with sum, prod, max, min or mean"
 _UNKNOWN = "expected l, d, pi, E or a function ({})".format(", ".join([*_REDUCTIONS, *_FUNCTIONS]))
@@ -66,9 +69,12 @@ _CONSTRUCTS = {
 
 
 def parse(text: str, d: int | None = None) -> sp.Expr:
-    """The target ``text`` as a SymPy expression; ``d`` binds the spectrum length.
+    """The target ``text`` as a SymPy expression built from :mod:`sharpc.spectral`.
 
-    Every failure, for any input, is a :class:`ParseError` with a one-line message.
+    ``d``, when given, replaces the symbol ``D`` and bounds the indices of ``l[k]``
+    (negative ones are normalized to ``d + k``). Every failure, for any input, is a
+    :class:`ParseError` with a one-line message and, when known, a 0-based position;
+    the MAX_* limits above keep every call fast.
     """
     try:
         return _parse(text, d)
@@ -148,8 +154,8 @@ class _Builder(ast.NodeVisitor):
         value = super().visit(node)
         if value.has(*_UNDEFINED):
             raise self.fail("division by zero or undefined value", node)
-        problem = None
-        if isinstance(value, _GROWING) and value.is_number and not value.has(Eig):
+        problem = "number too large" if _radicals(value)[1] > MAX_BITS else None
+        if not problem and isinstance(value, _GROWING) and value.is_number and not value.has(Eig):
             problem = _constant_problem(value)
         if problem:
             raise self.fail(problem, node)
@@ -222,6 +228,8 @@ class _Builder(ast.NodeVisitor):
         if not isinstance(node.op, (*_BINARY, ast.Div)):
             raise self.fail(f"{_CONSTRUCTS.get(type(node.op), 'this operator')} is not allowed", node)
         left, right = self.visit(node.left), self.visit(node.right)
+        if isinstance(node.op, (ast.Mult, ast.Div)) and _radicals(left)[0] > 1 < _radicals(right)[0]:
+            self._check_radicals(node, 1, left, right)  # c**(p/q) * c**(r/s) = c**((ps+qr)/qs)
         if isinstance(node.op, ast.Div):
             if right == 0:
                 raise self.fail("division by zero", node.right)
@@ -238,13 +246,20 @@ class _Builder(ast.NodeVisitor):
             raise self.fail("exponent must be a real number", node.right)
         if not abs(approx.real) <= MAX_EXPONENT:
             raise self.fail(f"exponent too large (max {MAX_EXPONENT})", node.right)
-        if base.is_Rational and exponent.is_Rational:
-            bits = max(base.p.bit_length(), base.q.bit_length()) * abs(exponent)
-            if bits > MAX_BITS:
+        if base == 0 and approx.real < 0:
+            raise self.fail("division by zero", node)
+        if exponent.is_Rational:  # (c*x)**n = c**n * x**n, computed exactly
+            if _radicals(base)[1] * abs(exponent) > MAX_BITS:
                 raise self.fail("number too large", node)
-            if base == 0 and exponent < 0:
-                raise self.fail("division by zero", node)
+            self._check_radicals(node, exponent.q, base)
         return base**exponent
+
+    def _check_radicals(self, node: ast.AST, root: int, *values: sp.Expr) -> None:
+        """Refuse, before SymPy starts it, the exact work of a new root of a number (MAX_RADICAL)."""
+        sizes = [_radicals(value) for value in values]
+        root *= math.prod(size[0] for size in sizes)
+        if root > 1 and root * max(size[1] for size in sizes) > MAX_RADICAL:
+            raise self.fail("fractional power of a constant is too complex (use simpler exponents)", node)
 
     # -- calls ---------------------------------------------------------------------
 
@@ -267,12 +282,16 @@ class _Builder(ast.NodeVisitor):
         if name in _REDUCTIONS:
             return self._reduce(name, node)
         function, args = _FUNCTIONS[name][0], [self.visit(arg) for arg in node.args]
-        if function not in (sp.Max, sp.Min) or all(arg.is_number and not arg.has(Eig) for arg in args):
-            return function(*args)
-        if any(arg.has(Eig) for arg in args):  # sp.Max/Min reject Eig(k): it claims is_number
-            raise self.fail(f"{name} of l[k] is not supported yet", node)
-        # Simplifying Max/Min of symbolic arguments runs pairwise assumption queries (seconds).
-        return function(*args, evaluate=False)
+        if function is sp.sqrt:
+            self._check_radicals(node, 2, args[0])
+        if function is sp.exp and args[0].has(sp.log):  # exp(r*log(c)) becomes c**r
+            self._check_radicals(node, max(number.q for number in args[0].atoms(sp.Rational) | {sp.S.One}), args[0])
+        if function in (sp.Max, sp.Min):
+            if any(arg.has(Eig) for arg in args):  # sp.Max/Min reject Eig(k): it claims is_number
+                raise self.fail(f"{name} of l[k] is not supported yet", node)
+            # Simplifying symbolic arguments runs pairwise assumption queries (seconds).
+            return function(*args, evaluate=all(arg.is_number for arg in args))
+        return function(*args)
 
     def _reduce(self, name: str, node: ast.Call) -> sp.Expr:
         """A reduction: its argument is built elementwise, in the generic eigenvalue."""
@@ -307,12 +326,23 @@ def _int_literal(node: ast.expr) -> int | None:
     return None
 
 
+def _radicals(expr: sp.Expr) -> tuple[int, int]:
+    """(product of nested root denominators, most bits of a number) in ``expr``: see MAX_RADICAL."""
+    if expr.is_Rational:
+        return 1, max(expr.p.bit_length(), expr.q.bit_length())
+    if expr.is_Pow and expr.exp.is_Rational:
+        root, bits = _radicals(expr.base)
+        return root * expr.exp.q, bits
+    parts = [_radicals(arg) for arg in expr.args]
+    return max((root for root, _ in parts), default=1), max((bits for _, bits in parts), default=0)
+
+
 def _bits_of_power(power: sp.Pow, d: int) -> float:
     """Roughly how many bits the exact value of ``c**(k*D)`` takes at this d (0 if not that)."""
     exponent = power.exp.subs(D, d)
-    if not (power.base.is_Rational and power.exp.has(D) and exponent.is_Rational):
+    if not (power.base.is_number and power.exp.has(D) and exponent.is_Rational):
         return 0
-    return (max(power.base.p.bit_length(), power.base.q.bit_length()) - 1) * abs(exponent)
+    return max(_radicals(power.base)[1] - 1, 0) * abs(exponent)  # (-1)**D costs nothing
 
 
 def _approximate(value: sp.Expr) -> complex | None:
@@ -326,10 +356,9 @@ def _approximate(value: sp.Expr) -> complex | None:
 
 
 def _constant_problem(value: sp.Expr) -> str | None:
-    """Why a constant is refused: beyond MAX_MAGNITUDE (or MAX_BITS if exact), or not real."""
+    """Why a constant is refused: beyond MAX_MAGNITUDE, or not real."""
     if value.is_Rational:
-        small = max(value.p.bit_length(), value.q.bit_length()) <= MAX_BITS
-        return None if small and abs(value.p) <= MAX_MAGNITUDE * value.q else "number too large"
+        return "number too large" if abs(value.p) > MAX_MAGNITUDE * value.q else None
     approx = _approximate(value)
     if approx is None:
         return None

@@ -21,11 +21,21 @@ Every perturbed pass replays the clean pass's global RNG state (common random nu
 identical dropout masks), while perturbations come from the optimizer's own generator.
 Scalars stay 0-d tensors on the parameters' device; the only host read is the finiteness
 check (one per step; ``nonfinite="ignore"`` drops it).
+
+At scale (docs/scaling.md). With ``distributed="sync"`` the ranks of a process group act as
+one optimizer on the global batch: the perturbation generators run in lockstep and every
+pass's loss is averaged over ranks (a scalar all-reduce), so all ranks compute the same
+global Delta_i and weights; the combined gradient is linear in the local gradients once the
+weights are known, so it is averaged by a single all-reduce per step, the gradient traffic
+of plain data-parallel SGD. ``memory="lean"`` drops the accumulators for n extra forward
+passes: losses first (forward only), then the weights, then one weighted backward pass
+per point straight into .grad, with the perturbations regenerated from a saved generator state.
 """
 
+import contextlib
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -207,6 +217,111 @@ def _grads(params: list) -> list:
     return [p.grad for p in params]
 
 
+def _flat(tensors: list, copy: bool = True) -> tuple[list, list]:
+    """One contiguous buffer per (device, dtype), and views of it shaped like ``tensors``.
+
+    The buffers hold copies of the tensors (or zeros). One buffer is what lets a step
+    all-reduce its whole gradient in one call; the views keep every foreach kernel as it was.
+    """
+    members: dict = {}
+    for i, t in enumerate(tensors):
+        members.setdefault((t.device, t.dtype), []).append(i)
+    buffers, views = [], [None] * len(tensors)
+    for (device, dtype), index in members.items():
+        sizes = [tensors[i].numel() for i in index]
+        buffer = (torch.cat([tensors[i].reshape(-1) for i in index]) if copy
+                  else torch.zeros(sum(sizes), device=device, dtype=dtype))
+        for i, piece in zip(index, buffer.split(sizes)):
+            views[i] = piece.view(tensors[i].shape)
+        buffers.append(buffer)
+    return buffers, views
+
+
+class _Ranks:
+    """The data-parallel side of a step; with mode None every method does nothing.
+
+    "sync" makes the ranks one optimizer on the global batch; "per-rank" keeps each rank's
+    perturbations and losses local (the m-sharpness of the SAM paper) and shares only the
+    combined gradient. Either way gradients cross ranks once per step, averaged like DDP's.
+    """
+
+    def __init__(self, mode: str | None, group: Any = None, model: torch.nn.Module | None = None):
+        ddp = getattr(torch.nn.parallel, "DistributedDataParallel", ())
+        self.ddp = model if isinstance(model, ddp) else None
+        if group is None and self.ddp is not None:
+            group = self.ddp.process_group
+        self.mode, self.group = mode, group
+        self.world = torch.distributed.get_world_size(group) if mode else 1
+        self.rank = torch.distributed.get_rank(group) if mode else 0
+
+    @property
+    def sync(self) -> bool:
+        return self.mode == "sync"
+
+    def mean_(self, tensors: list) -> None:
+        """Average each tensor over the ranks in place: one all-reduce per tensor."""
+        if self.mode is None:
+            return
+        for t in tensors:
+            torch.distributed.all_reduce(t, group=self.group)
+        torch._foreach_div_(tensors, self.world)
+
+    def global_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """In sync mode, the loss averaged over ranks: the mean loss of the global batch."""
+        if not self.sync:
+            return loss
+        loss = loss.clone()  # never all-reduce into the caller's tensor
+        self.mean_([loss])
+        return loss
+
+    def no_sync(self) -> contextlib.AbstractContextManager:
+        """Closure calls must not make a DDP model all-reduce each backward: the step does it once."""
+        return self.ddp.no_sync() if self.ddp is not None else contextlib.nullcontext()
+
+    def _source(self) -> int:
+        return 0 if self.group is None else torch.distributed.get_global_rank(self.group, 0)
+
+    def share_(self, generator: torch.Generator, params: list) -> None:
+        """Start every rank from rank 0's generator state and (unless DDP did) parameters."""
+        if self.mode is None:
+            return
+        state = [generator.get_state()]
+        torch.distributed.broadcast_object_list(state, src=self._source(), group=self.group)
+        generator.set_state(state[0])
+        if self.mode == "per-rank":
+            self.split_(generator)
+        if self.ddp is None:  # DDP broadcast its parameters when it wrapped the model
+            for p in params:
+                torch.distributed.broadcast(p.data, src=self._source(), group=self.group)
+
+    def split_(self, generator: torch.Generator) -> None:
+        """Per-rank streams from a shared state: rank r reseeds with (a draw of it) + r."""
+        seed = torch.randint(0, 2**62, (), generator=generator, device=generator.device)
+        generator.manual_seed(int(seed) + self.rank)
+
+
+@dataclass
+class _Step:
+    """One step's working set: what the passes share, and what a failure must put back."""
+
+    perturbed: list
+    trainable: list
+    backup: list                        # x, for the perturbed parameters
+    stats: list                         # running statistics (BatchNorm) and their values before the step
+    stats_before: list
+    rng: _CommonRandomNumbers
+    d: int
+    where: str = "the unperturbed point"
+    losses: list = field(default_factory=list)       # every pass's loss (the global mean in sync mode)
+    active: list = field(default_factory=list)       # parameters with a gradient
+    stats_clean: list = field(default_factory=list)
+    flat: list = field(default_factory=list)         # the buffers a distributed step all-reduces
+    g0: list = field(default_factory=list)           # memory="sums": g0, then the combined gradient
+    acc: list = field(default_factory=list)          # memory="sums": one running sum per slot
+    weights: list = field(default_factory=list)      # memory="lean": W[group][i], the weight of g_i
+    start: Any = None                                # memory="lean": the generator state before the draws
+
+
 # ----------------------------------------------------------------------------- optimizer
 class PhiPsiSAM(torch.optim.Optimizer):
     """Base class of generated (phi, psi, mu)-SAM optimizers; subclasses set the class attributes.
@@ -234,7 +349,9 @@ class PhiPsiSAM(torch.optim.Optimizer):
                  strength: float | None = None, n_samples: int | None = None, estimator: str = "auto",
                  antithetic: bool = False, adaptive: bool = False, eta: float = 0.01,
                  model: torch.nn.Module | None = None, generator: torch.Generator | None = None,
-                 seed: int | None = None, nonfinite: str = "raise", **base_kwargs: Any):
+                 seed: int | None = None, nonfinite: str = "raise", memory: str = "sums",
+                 distributed: str | None = "auto", process_group: Any = None, grad_scaler: Any = None,
+                 **base_kwargs: Any):
         """Wrap ``base_optimizer``; the hyperparameters below are the class's ``recommended`` when omitted.
 
         Args:
@@ -250,10 +367,26 @@ class PhiPsiSAM(torch.optim.Optimizer):
                 to O(rho**2) and the first-order term grad . v / rho cancels exactly.
             adaptive: ASAM-style perturbation rho * (|x| + eta) * v.
             model: when given, perturbed passes leave BatchNorm running statistics untouched;
-                without it they update them like any forward pass in train mode.
+                without it they update them like any forward pass in train mode. A
+                DistributedDataParallel model is run under ``no_sync()`` for every pass.
             generator / seed: the perturbation sampler's own RNG (saved in state_dict).
             nonfinite: on a non-finite loss, "raise" (OptimizerError, parameters restored),
                 "skip" (count it in ``skipped_steps``) or "ignore" (no check, no host sync).
+            memory: "sums" keeps running sums (at most 2 + slots parameter-sized buffers);
+                "lean" keeps only the backup of x and pays n extra forward passes: the
+                closure runs under torch.no_grad() for losses alone first, so it must call
+                ``loss.backward()`` only when ``torch.is_grad_enabled()``.
+            distributed: "sync" (every rank draws the same perturbations and sees the
+                global mean losses: one optimizer on the global batch), "per-rank"
+                (independent perturbations and local losses per rank) or None; "auto" is
+                "sync" for a DistributedDataParallel ``model`` and None otherwise. Either
+                mode averages the combined gradient over ranks once per step, and the
+                constructor broadcasts rank 0's generator state and parameters.
+            process_group: the group to average over (default: the DDP model's, else WORLD).
+            grad_scaler: a torch.amp.GradScaler whose ``scale(loss).backward()`` the closure
+                calls (returning the unscaled loss); the step unscales the combined gradient
+                and lets the scaler skip the base step on inf/NaN. Call ``scaler.update()``
+                after each step, and never ``scaler.step``/``unscale_`` yourself.
         """
         rho, strength = self._hyperparameter("rho", rho), self._hyperparameter("strength", strength)
         if not (isinstance(rho, (int, float)) and 0 < rho < float("inf")):
@@ -280,6 +413,13 @@ class PhiPsiSAM(torch.optim.Optimizer):
             raise self.Error(f"nonfinite must be 'raise', 'skip' or 'ignore', got {nonfinite!r}")
         if not eta >= 0:
             raise self.Error(f"eta must be non-negative, got {eta!r}")
+        if memory not in ("sums", "lean"):
+            raise self.Error(f"memory must be 'sums' or 'lean', got {memory!r}")
+        if memory == "lean" and sum(g.kind == "dirac" for g in self.sample_groups) > 1:
+            raise self.Error("memory='lean' supports at most one Dirac sample group (each one needs g0 kept)")
+        distributed = self._distributed_mode(distributed, model, process_group)
+        if grad_scaler is not None and not all(hasattr(grad_scaler, a) for a in ("scale", "step", "update")):
+            raise self.Error(f"grad_scaler must be a torch.amp.GradScaler, got {type(grad_scaler).__name__}")
 
         super().__init__(params, dict(perturb=True, **base_kwargs))
         self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
@@ -289,7 +429,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
 
         self.rho, self.strength, self.n_samples = float(rho), float(strength), n_samples
         self.estimator, self.antithetic, self.adaptive, self.eta = estimator, antithetic, adaptive, float(eta)
-        self.model, self.nonfinite = model, nonfinite
+        self.model, self.nonfinite, self.memory, self.grad_scaler = model, nonfinite, memory, grad_scaler
         self.sharpness: torch.Tensor | None = None
         self.skipped_steps = 0
         self._last_buffers: float | None = None
@@ -302,6 +442,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
             raise self.Error(f"the generator is on {generator.device} but the parameters are on {device}")
         self.generator = generator
         self._dimension(self._perturbed())
+        self._ranks = _Ranks(distributed, process_group, model)
+        self._ranks.share_(self.generator, [p for g in self.param_groups for p in g["params"]])
         if estimator == "plugin":
             _load_forward_ad()
 
@@ -311,6 +453,24 @@ class PhiPsiSAM(torch.optim.Optimizer):
         if value is None:
             raise self.Error(f"{name}= is required: {type(self).__name__} has no preset default for it")
         return value
+
+    def _distributed_mode(self, mode: str | None, model: torch.nn.Module | None, group: Any) -> str | None:
+        """Resolve ``distributed``; "auto" warns where ranks would silently step apart."""
+        ddp = isinstance(model, getattr(torch.nn.parallel, "DistributedDataParallel", ()))
+        running = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if mode == "auto":
+            mode = "sync" if ddp else None
+            if mode is None and group is None and running and torch.distributed.get_world_size() > 1:
+                warnings.warn("torch.distributed is initialized, but every rank steps on its own: pass "
+                              "model=<the DDP model> or distributed='sync' / 'per-rank' (distributed=None "
+                              "silences this)", stacklevel=3)
+        if mode not in (None, "sync", "per-rank"):
+            raise self.Error(f"distributed must be 'auto', 'sync', 'per-rank' or None, got {mode!r}")
+        if mode is None and group is not None:
+            raise self.Error("process_group= needs distributed='sync' or 'per-rank'")
+        if mode is not None and not running:
+            raise self.Error(f"distributed={mode!r} needs torch.distributed.init_process_group() first")
+        return mode
 
     # ------------------------------------------------------------------ bookkeeping
     def _perturbed(self) -> list:
@@ -338,21 +498,31 @@ class PhiPsiSAM(torch.optim.Optimizer):
         """Accumulators: one per psi component (plugin) or per power sum (unbiased)."""
         return len(self.power_sums) if self.estimator == "unbiased" else self.m
 
+    @property
+    def distributed(self) -> str | None:
+        """"sync", "per-rank" or None: how this optimizer shares a step across ranks."""
+        return self._ranks.mode
+
     def buffer_report(self) -> dict:
         """Parameter-sized buffers a step holds: the bound, and the last step's allocation.
 
         ``allocated`` counts the elements of every buffer the last step allocated, in units of
         the trainable parameters' element count (the backup covers perturbed parameters only).
+        memory="lean" holds the backup alone.
         """
-        return {"bound": 2 + self.slots + int(self.antithetic), "allocated": self._last_buffers}
+        bound = 1 if self.memory == "lean" else 2 + self.slots + int(self.antithetic)
+        return {"bound": bound, "allocated": self._last_buffers}
 
     def state_dict(self) -> dict:
         state = self.base_optimizer.state_dict()
         state["phi_psi_sam"] = {"generator_state": self.generator.get_state(),
                                 "skipped_steps": self.skipped_steps}
+        if self._ranks.mode == "per-rank":
+            state["phi_psi_sam"]["rank"] = self._ranks.rank
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """Load a checkpoint; in per-rank mode another rank's stream is split off for this rank."""
         ours = state_dict.get("phi_psi_sam")
         self.base_optimizer.load_state_dict({k: v for k, v in state_dict.items() if k != "phi_psi_sam"})
         self.param_groups = self.base_optimizer.param_groups
@@ -360,112 +530,271 @@ class PhiPsiSAM(torch.optim.Optimizer):
         if ours is not None:
             self.generator.set_state(ours["generator_state"])
             self.skipped_steps = ours["skipped_steps"]
+            if self._ranks.mode == "per-rank" and ours.get("rank") != self._ranks.rank:
+                self._ranks.split_(self.generator)
 
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
-        """Take one step; returns the detached loss at the unperturbed parameters.
+        """Take one step; returns the detached loss at the unperturbed parameters (averaged
+        over ranks when distributed).
 
         ``closure`` computes the loss and calls ``backward()``; it is called 1 + groups * n
-        times (1 + 2 * groups * n with antithetic) and gradients are cleared before every call.
-        Afterwards ``.grad`` holds the combined gradient the base optimizer used and
-        ``self.sharpness`` the regularizer estimate R.
+        times (1 + 2 * groups * n with antithetic; memory="lean" adds the same number of
+        loss-only calls) and gradients are cleared before every call: it must not clear
+        them itself. Afterwards ``.grad`` holds the combined gradient the base optimizer
+        used and ``self.sharpness`` the regularizer estimate R.
         """
         if closure is None:
             raise self.Error(f"{type(self).__name__}.step needs a closure that computes the loss "
                              "and calls loss.backward()")
         perturbed, trainable = self._perturbed(), self._trainable()
-        d = self._dimension(perturbed)
         stats = _running_stats(self.model)
-        stats_before = [b.clone() for b in stats]
-        backup = [p.clone() for p in perturbed]
-        rng = _CommonRandomNumbers({p.device for p in trainable})
+        s = _Step(perturbed, trainable, [p.clone() for p in perturbed], stats, [b.clone() for b in stats],
+                  _CommonRandomNumbers({p.device for p in trainable}), self._dimension(perturbed))
         for p in trainable:
             p.grad = None
-        where = "the unperturbed point"
+        lean = self.memory == "lean"
         try:
-            # Clean pass: L(x) and g0; its RNG state is replayed for every perturbed pass.
-            loss0 = self._evaluate(closure)
-            active = [p for p in trainable if p.grad is not None]
-            if not active:
-                raise self.Error("the closure did not call loss.backward(): no parameter has a gradient")
-            g0 = [p.grad.clone() for p in active]
-            rng.clean_pass_done()
-            stats_clean = [b.clone() for b in stats]
-            d = loss0.new_full((), d)  # phi and psi see d as a 0-d tensor
-            g0_of = {id(p): g for p, g in zip(active, g0)}
-            acc = [[torch.zeros_like(g) for g in g0] for _ in range(self.slots)]
-            stash = [torch.empty_like(g) for g in g0] if self.antithetic else []
-            self._last_buffers = sum(t.numel() for t in [*backup, *g0, *stash, *sum(acc, [])]) \
-                / sum(p.numel() for p in trainable)
-            # Perturbed passes: each direction (grad Delta) goes into running sums right away.
-            losses, deltas = [loss0], []
-            for a, group in enumerate(self.sample_groups):
-                group_deltas = []
-                for i in range(self.n_samples):
-                    where = f"perturbed point {i + 1} of {self.n_samples} (sample group {a})"
-                    self._perturb(group, perturbed, backup, g0_of)
-                    delta, direction = self._perturbed_pass(closure, rng, loss0, active, g0, perturbed,
-                                                            backup, stash, losses)
-                    for slot, weight in self._weights(a, delta, d):
-                        torch._foreach_addcmul_(acc[slot], direction, [weight] * len(direction))
-                    group_deltas.append(delta)
-                deltas.append(torch.stack(group_deltas))
-            # Back to x, bit-exactly, with BatchNorm statistics and the RNG as the clean pass left them.
-            torch._foreach_copy_(perturbed, backup)
-            if stats:
-                torch._foreach_copy_(stats, stats_clean)
-            rng.finish()
-            sharpness, coefficients = self._combine(deltas, d)
+            loss0 = self._clean_pass(closure, s)
+            loss0, sharpness, coefficients = (self._lean_losses if lean else self._summed_passes)(closure, s, loss0)
+            loss0, sharpness, finite = self._agree(s, loss0, sharpness, coefficients)
+            self.sharpness = sharpness
+            if not finite:
+                return self._skip(s, loss0)
+            if lean:
+                self._lean_gradient(closure, s)
+            else:
+                self._summed_gradient(s, coefficients)
         except BaseException as error:
-            self._undo(perturbed, backup, trainable, stats, stats_before)
-            rng.finish()
+            self._undo(s)
             if isinstance(error, self.Error) or not isinstance(error, Exception):
                 raise
-            raise self.Error(f"the step failed at the {where} ({type(error).__name__}: {error}); "
+            raise self.Error(f"the step failed at the {s.where} ({type(error).__name__}: {error}); "
                              "parameters restored to their pre-step values") from error
-
-        self.sharpness = sharpness
-        if self.nonfinite != "ignore" and not self._finite(losses, sharpness, coefficients):
-            self._undo(perturbed, backup, trainable, stats, stats_before)
-            if self.nonfinite == "skip":
-                self.skipped_steps += 1
-                return loss0
-            raise self._nonfinite_error(losses)
-        self._write_gradient(trainable, active, g0, acc, coefficients)
-        self.base_optimizer.step()
+        if self.grad_scaler is None:
+            self.base_optimizer.step()
+        else:  # the gradient is the scaler's scale times the true one: it unscales, checks and steps
+            self.grad_scaler.step(self.base_optimizer)
         return loss0
 
-    def _finite(self, losses: list, sharpness: torch.Tensor, coefficients: torch.Tensor) -> bool:
-        """Whether every loss, R and phi' are finite: the step's one device-to-host read."""
-        finite = torch.isfinite(torch.stack(losses)).all() & torch.isfinite(sharpness) \
-            & torch.isfinite(coefficients).all()
-        return finite.item()
+    def _clean_pass(self, closure: Callable, s: _Step) -> torch.Tensor:
+        """L(x) (this rank's) and g0 in .grad; its RNG state is replayed for every later pass."""
+        if self._ranks.mode and self.memory == "lean":  # autograd accumulates in place into one buffer
+            s.flat, views = _flat(s.trainable, copy=False)
+            for p, v in zip(s.trainable, views):
+                p.grad = v
+        loss0 = self._evaluate(closure)
+        s.active = [p for p in s.trainable if p.grad is not None]
+        if not s.active:
+            raise self.Error("the closure did not call loss.backward(): no parameter has a gradient")
+        if self._ranks.mode:  # every rank all-reduces the same layout: unreached parameters count as zero
+            _grads(s.trainable)
+            s.active = s.trainable
+        s.rng.clean_pass_done()
+        s.stats_clean = [b.clone() for b in s.stats]
+        return loss0
+
+    def _agree(self, s: _Step, loss0, sharpness, coefficients) -> tuple:
+        """(loss0, R, whether the step is finite), alike on every rank; the step's one host read.
+
+        In per-rank mode losses differ between ranks, so loss0, R and the verdict are averaged
+        first (one all-reduce of three scalars): no rank skips a step the others take.
+        """
+        check = self.nonfinite != "ignore"
+        if check or self._ranks.mode == "per-rank":
+            finite = torch.isfinite(torch.stack(s.losses)).all() & torch.isfinite(sharpness) \
+                & torch.isfinite(coefficients).all()
+        if self._ranks.mode == "per-rank":
+            shared = torch.stack([loss0, sharpness.to(loss0.dtype), (~finite).to(loss0.dtype)])
+            self._ranks.mean_([shared])
+            loss0, sharpness, finite = shared[0], shared[1], shared[2] == 0
+        return loss0, sharpness, (not check) or bool(finite.item())
+
+    def _skip(self, s: _Step, loss0: torch.Tensor) -> torch.Tensor:
+        """A non-finite step: restore everything, then raise or count it."""
+        self._undo(s)
+        if self.nonfinite == "raise":
+            raise self._nonfinite_error(s.losses)
+        self.skipped_steps += 1
+        if self.grad_scaler is not None:  # the scaler sees an overflow: it backs off, and update() has its record
+            for p in s.active:
+                p.grad = torch.full_like(p, float("nan"))
+            self.grad_scaler.step(self.base_optimizer)
+            for p in s.trainable:
+                p.grad = None
+        return loss0
 
     def _nonfinite_error(self, losses: list) -> Exception:
         bad = [i for i, loss in enumerate(losses) if not torch.isfinite(loss).item()]
-        if not bad:
-            what = "a non-finite sharpness estimate or phi' (the means left phi's domain)"
-        else:
+        if bad:
             what = "a non-finite loss at " + ("the unperturbed point" if bad[0] == 0 else f"perturbed pass {bad[0]}")
+        elif self._ranks.mode == "per-rank":
+            what = "a non-finite loss, sharpness estimate or phi' on some rank"
+        else:
+            what = "a non-finite sharpness estimate or phi' (the means left phi's domain)"
         return self.Error(f"{what}; parameters restored to their pre-step values "
                           "(nonfinite='skip' skips such steps instead)")
 
-    def _write_gradient(self, trainable: list, active: list, g0: list, acc: list, coefficients) -> None:
-        """.grad = g0 + sum_slot coefficient * accumulator; parameters the closure missed get None."""
-        grads = _grads(active)
-        torch._foreach_copy_(grads, g0)
+    # memory="sums": every perturbed pass's direction goes into running sums right away.
+    def _summed_passes(self, closure: Callable, s: _Step, loss0: torch.Tensor) -> tuple:
+        loss0 = self._ranks.global_loss(loss0)
+        s.losses.append(loss0)
+        s.flat, s.g0 = _flat([p.grad for p in s.active])
+        if self._ranks.sync and self._aims_at_g0:  # SAM's direction is the global gradient's
+            self._ranks.mean_(s.flat)
+        g0_of = {id(p): g for p, g in zip(s.active, s.g0)}
+        d = loss0.new_full((), s.d)  # phi and psi see d as a 0-d tensor
+        s.acc = [[torch.zeros_like(g) for g in s.g0] for _ in range(self.slots)]
+        stash = [torch.empty_like(g) for g in s.g0] if self.antithetic else []
+        self._last_buffers = sum(t.numel() for t in [*s.backup, *s.g0, *stash, *sum(s.acc, [])]) \
+            / sum(p.numel() for p in s.trainable)
+        deltas = []
+        for a, group in enumerate(self.sample_groups):
+            group_deltas = []
+            for i in range(self.n_samples):
+                s.where = f"perturbed point {i + 1} of {self.n_samples} (sample group {a})"
+                self._perturb(group, s.perturbed, s.backup, g0_of)
+                delta, direction = self._perturbed_pass(closure, s, loss0, stash)
+                for slot, weight in self._weights(a, delta, d):
+                    torch._foreach_addcmul_(s.acc[slot], direction, [weight] * len(direction))
+                group_deltas.append(delta)
+            deltas.append(torch.stack(group_deltas))
+        self._back_to_x(s)
+        return (loss0, *self._combine(deltas, d))
+
+    def _summed_gradient(self, s: _Step, coefficients: torch.Tensor) -> None:
+        """.grad = g0 + sum_slot coefficient * accumulator, averaged over ranks; missed parameters get None."""
         for slot, c in enumerate(coefficients.unbind()):
-            torch._foreach_addcmul_(grads, acc[slot], [c] * len(grads))
-        reached = {id(p) for p in active}
-        for p in trainable:
-            if id(p) not in reached:
-                p.grad = None
+            torch._foreach_addcmul_(s.g0, s.acc[slot], [c] * len(s.g0))
+        self._ranks.mean_(s.flat)  # the step's one gradient all-reduce
+        torch._foreach_copy_(_grads(s.active), s.g0)
+        self._forget_unreached(s)
+
+    def _perturbed_pass(self, closure: Callable, s: _Step, loss0: torch.Tensor, stash: list) -> tuple:
+        """Delta of one sample and its direction: grad Delta * rho**2, left in the .grad tensors."""
+        loss = self._pass(closure, s)
+        grads = _grads(s.active)
+        if self.antithetic:
+            torch._foreach_copy_(stash, grads)
+            self._reflect(s)
+            loss = (loss + self._pass(closure, s)) / 2
+            grads = _grads(s.active)
+            torch._foreach_add_(grads, stash)
+            torch._foreach_mul_(grads, 0.5)
+        torch._foreach_sub_(grads, s.g0)
+        return (loss - loss0) / self.rho**2, grads
+
+    def _pass(self, closure: Callable, s: _Step) -> torch.Tensor:
+        s.rng.rewind()
+        torch._foreach_zero_([p.grad for p in s.active if p.grad is not None])
+        loss = self._ranks.global_loss(self._evaluate(closure))
+        s.losses.append(loss)
+        return loss
+
+    # memory="lean": losses first (forward only), then weights, then weighted backward passes.
+    def _lean_losses(self, closure: Callable, s: _Step, loss0: torch.Tensor) -> tuple:
+        """The loss at every perturbed point, forward only; R, phi' and each gradient's weight W."""
+        if self._ranks.sync and self._aims_at_g0:
+            self._ranks.mean_(s.flat)
+        g0_of = {id(p): p.grad for p in s.active}  # g0 itself: the forward-only passes leave .grad alone
+        s.start = self.generator.get_state()
+        local = [loss0]
+        for a, group in enumerate(self.sample_groups):
+            for i in range(self.n_samples):
+                s.where = f"perturbed point {i + 1} of {self.n_samples} (sample group {a})"
+                self._perturb(group, s.perturbed, s.backup, g0_of)
+                local.append(self._forward(closure, s))
+                if self.antithetic:
+                    self._reflect(s)
+                    local.append(self._forward(closure, s))
+        self._back_to_x(s)
+        losses = torch.stack(local)
+        if self._ranks.sync:
+            self._ranks.mean_([losses])  # all of the step's losses in one scalar all-reduce
+        s.losses = list(losses.unbind())
+        self._last_buffers = sum(t.numel() for t in s.backup) / sum(p.numel() for p in s.trainable)
+        loss0, rest = s.losses[0], iter(s.losses[1:])
+        d = loss0.new_full((), s.d)
+        deltas = []
+        for _ in self.sample_groups:
+            group_deltas = []
+            for _ in range(self.n_samples):
+                loss = next(rest)
+                if self.antithetic:
+                    loss = (loss + next(rest)) / 2
+                group_deltas.append((loss - loss0) / self.rho**2)
+            deltas.append(group_deltas)
+        sharpness, coefficients = self._combine([torch.stack(g) for g in deltas], d)
+        s.weights = [[sum((coefficients[slot] * w for slot, w in self._weights(a, delta, d)), loss0.new_zeros(()))
+                      for delta in group_deltas] for a, group_deltas in enumerate(deltas)]
+        return loss0, sharpness, coefficients
+
+    def _lean_gradient(self, closure: Callable, s: _Step) -> None:
+        """.grad = (1 - sum W) g0 + sum_i W_i g_i by weighted backward passes, averaged over ranks.
+
+        The generator is rewound so every point is drawn again exactly, and a hook scales each
+        pass's gradient before autograd adds it to .grad: no per-point buffer ever exists.
+        """
+        grads = [p.grad for p in s.active]
+        g0_of = {id(p): g for p, g in zip(s.active, grads)}
+        total = sum(w for group in s.weights for w in group)
+        weight = [None]
+        hooks = [p.register_hook(lambda g: g * weight[0]) for p in s.trainable]
+        self.generator.set_state(s.start)
+        rescaled = False
+        try:
+            # A Dirac group comes first: its direction reads g0 before .grad is rescaled.
+            for a in sorted(range(len(self.sample_groups)), key=lambda a: self.sample_groups[a].kind != "dirac"):
+                for i, w in enumerate(s.weights[a]):
+                    s.where = f"perturbed point {i + 1} of {self.n_samples} (sample group {a}, weighted pass)"
+                    self._perturb(self.sample_groups[a], s.perturbed, s.backup, g0_of)
+                    if not rescaled:
+                        torch._foreach_mul_(grads, 1 - total)
+                        rescaled = True
+                    weight[0] = w / 2 if self.antithetic else w
+                    self._backward(closure, s)
+                    if self.antithetic:
+                        self._reflect(s)
+                        self._backward(closure, s)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        self._back_to_x(s)
+        self._ranks.mean_(s.flat)  # the step's one gradient all-reduce
+        self._forget_unreached(s)
+
+    def _forward(self, closure: Callable, s: _Step) -> torch.Tensor:
+        """A loss-only closure call (no graph, no gradient) with the clean pass's RNG state."""
+        s.rng.rewind()
+        try:
+            with self._ranks.no_sync():
+                loss = closure()
+        except RuntimeError as error:
+            if "does not require grad" not in str(error):
+                raise
+            raise self.Error("memory='lean' first calls the closure under torch.no_grad() for the loss alone: "
+                             "call loss.backward() only when torch.is_grad_enabled()") from error
+        return self._checked(loss)
+
+    def _backward(self, closure: Callable, s: _Step) -> None:
+        """A closure call whose gradient (scaled by the hooks) adds to .grad."""
+        s.rng.rewind()
+        self._evaluate(closure)
+
+    # ------------------------------------------------------------------ shared pieces
+    @property
+    def _aims_at_g0(self) -> bool:
+        return any(g.kind == "dirac" for g in self.sample_groups)
 
     def _evaluate(self, closure: Callable) -> torch.Tensor:
-        """One closure call: the detached loss, in at least float32 (Delta divides by rho**2)."""
-        with torch.enable_grad():
+        """One closure call with gradients on; a DDP model does not all-reduce its backward."""
+        with torch.enable_grad(), self._ranks.no_sync():
             loss = closure()
+        return self._checked(loss)
+
+    def _checked(self, loss: Any) -> torch.Tensor:
+        """The detached loss, in at least float32 (Delta divides a loss difference by rho**2)."""
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
             shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
             raise self.Error(f"the closure must return the loss as a 0-d tensor, got {shape}")
@@ -490,28 +819,18 @@ class PhiPsiSAM(torch.optim.Optimizer):
             for p, x in zip(perturbed, backup):
                 p.mul_(x.abs().add_(self.eta))
 
-    def _perturbed_pass(self, closure, rng, loss0, active, g0, perturbed, backup, stash, losses):
-        """Delta of one sample and its direction: grad Delta * rho**2, left in the .grad tensors."""
-        loss = self._pass(closure, rng, active, losses)
-        grads = _grads(active)
-        if self.antithetic:
-            torch._foreach_copy_(stash, grads)
-            torch._foreach_sub_(perturbed, backup)  # exactly the applied offset e = (x + e) - x
-            torch._foreach_neg_(perturbed)
-            torch._foreach_add_(perturbed, backup)
-            loss = (loss + self._pass(closure, rng, active, losses)) / 2
-            grads = _grads(active)
-            torch._foreach_add_(grads, stash)
-            torch._foreach_mul_(grads, 0.5)
-        torch._foreach_sub_(grads, g0)
-        return (loss - loss0) / self.rho**2, grads
+    def _reflect(self, s: _Step) -> None:
+        """x + e -> x - e, with e exactly the applied offset (x + e) - x."""
+        torch._foreach_sub_(s.perturbed, s.backup)
+        torch._foreach_neg_(s.perturbed)
+        torch._foreach_add_(s.perturbed, s.backup)
 
-    def _pass(self, closure, rng, active, losses) -> torch.Tensor:
-        rng.rewind()
-        torch._foreach_zero_([p.grad for p in active if p.grad is not None])
-        loss = self._evaluate(closure)
-        losses.append(loss)
-        return loss
+    def _back_to_x(self, s: _Step) -> None:
+        """x bit-exactly, with BatchNorm statistics and the global RNG as the clean pass left them."""
+        torch._foreach_copy_(s.perturbed, s.backup)
+        if s.stats:
+            torch._foreach_copy_(s.stats, s.stats_clean)
+        s.rng.finish()
 
     def _weights(self, group: int, delta: torch.Tensor, d: torch.Tensor):
         """(slot, weight) pairs: how much of this sample's direction each accumulator takes."""
@@ -535,10 +854,17 @@ class PhiPsiSAM(torch.optim.Optimizer):
         sharpness, slopes = _value_and_grad(self.ustat, sums, n, d)
         return sharpness, self.strength * torch.stack([s * k for s, (_, k) in zip(slopes.unbind(), self.power_sums)])
 
-    def _undo(self, perturbed, backup, trainable, stats, stats_before) -> None:
-        """Put parameters and running statistics back exactly as they were before the step."""
-        torch._foreach_copy_(perturbed, backup)
-        if stats:
-            torch._foreach_copy_(stats, stats_before)
-        for p in trainable:
+    def _forget_unreached(self, s: _Step) -> None:
+        reached = {id(p) for p in s.active}
+        for p in s.trainable:
+            if id(p) not in reached:
+                p.grad = None
+
+    def _undo(self, s: _Step) -> None:
+        """Put parameters, running statistics and the global RNG back as they were before the step."""
+        torch._foreach_copy_(s.perturbed, s.backup)
+        if s.stats:
+            torch._foreach_copy_(s.stats, s.stats_before)
+        for p in s.trainable:
             p.grad = None
+        s.rng.finish()

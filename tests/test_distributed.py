@@ -1,0 +1,245 @@
+"""Data parallelism on torch.distributed: two gloo processes on localhost.
+
+One spawn runs every scenario (spawning costs seconds; the steps milliseconds) and saves
+what each rank saw; the tests compare that with one process stepping on the concatenated
+batch under the same seed. Counting wraps torch.distributed.all_reduce in the children
+and tells gradient all-reduces (the size of all parameters) from scalar ones by numel.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import time
+import warnings
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from _optim_helpers import single_thread  # noqa: F401  (autouse fixture: one torch thread)
+from _optim_helpers import flat_params, frobenius, make_closure, tiny_mlp
+from sharpc import OptimizerError
+from sharpc.optim import SAM, TraceSAM, optimizer_class
+
+WORLD, STEPS, TIMEOUT_S = 2, 3, 120
+SEED = 5  # rank 0's perturbation seed; rank 1 is given another one, which sync mode must override
+
+SCENARIOS = {  # name: (optimizer class, options)
+    "frob": (lambda: optimizer_class(frobenius()), dict(rho=0.05, strength=0.5, n_samples=2)),
+    "frob_ddp": (lambda: optimizer_class(frobenius()), dict(rho=0.05, strength=0.5, n_samples=2)),
+    "frob_lean": (lambda: optimizer_class(frobenius()), dict(rho=0.05, strength=0.5, n_samples=2, memory="lean")),
+    "sam": (lambda: SAM, dict(rho=0.05)),
+    "trace_antithetic": (lambda: TraceSAM, dict(rho=0.05, n_samples=2, antithetic=True)),
+    "per_rank": (lambda: optimizer_class(frobenius()), dict(rho=0.05, strength=0.5, n_samples=2,
+                                                            distributed="per-rank")),
+}
+
+
+def batch():
+    """The global batch; rank r takes rows [16 r, 16 r + 16)."""
+    _, x, y = tiny_mlp(dtype=torch.float64)
+    return x, y
+
+
+def shard(tensor, rank):
+    return tensor[16 * rank: 16 * (rank + 1)]
+
+
+def run_scenario(name, model, x, y, seed, record=None):
+    cls, options = SCENARIOS[name]
+    options = dict(options)
+    if name.endswith("_ddp") and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        options["model"] = model  # distributed="auto" resolves to "sync" for a DDP model
+    elif dist.is_initialized() and "distributed" not in options:
+        options["distributed"] = "sync"
+    opt = cls()(model.parameters(), lr=0.1, momentum=0.9, seed=seed, **options)
+
+    def closure():
+        if record is not None:
+            record.append(flat_params(model).clone())
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        if torch.is_grad_enabled():
+            loss.backward()
+        return loss
+
+    losses, sharpness = [], []
+    for _ in range(STEPS):
+        losses.append(opt.step(closure).item())
+        sharpness.append(opt.sharpness.item())
+    return opt, losses, sharpness
+
+
+def _worker(rank, port, out):
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=60))
+    sizes: list[int] = []
+    original = dist.all_reduce
+
+    def counting_all_reduce(tensor, *args, **kwargs):
+        sizes.append(tensor.numel())
+        return original(tensor, *args, **kwargs)
+
+    dist.all_reduce = counting_all_reduce
+    x, y = batch()
+    x, y = shard(x, rank), shard(y, rank)
+    results = {}
+    try:
+        for name in SCENARIOS:
+            model, _, _ = tiny_mlp(dtype=torch.float64)
+            target, ddp_buckets = model, []
+            if name.endswith("_ddp"):
+                target = torch.nn.parallel.DistributedDataParallel(model)
+
+                def hook(state, bucket):  # DDP's own all-reduce: must never run
+                    ddp_buckets.append(bucket.buffer().numel())
+                    future = torch.futures.Future()
+                    future.set_result(bucket.buffer())
+                    return future
+
+                target.register_comm_hook(None, hook)
+            record: list = []
+            sizes.clear()
+            opt, losses, sharpness = run_scenario(name, target, x, y, SEED + 100 * rank, record)
+            numel = sum(p.numel() for p in model.parameters())
+            results[name] = dict(params=flat_params(model), losses=losses, sharpness=sharpness,
+                                 gradient_all_reduces=sum(s == numel for s in sizes) / STEPS,
+                                 scalar_all_reduces=sum(s < 8 for s in sizes) / STEPS,
+                                 other_all_reduces=[s for s in sizes if s != numel and s >= 8],
+                                 ddp_buckets=ddp_buckets, mode=opt.distributed,
+                                 first_perturbation=record[1] - record[0])
+        torch.save(results, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.all_reduce = original
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """Every scenario on two gloo processes: a list of per-rank result dicts."""
+    out = str(tmp_path_factory.mktemp("ranks"))
+    context = mp.start_processes(_worker, args=(_free_port(), out), nprocs=WORLD, join=False,
+                                 start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        while not context.join(timeout=max(deadline - time.monotonic(), 0.1)):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the two-process run did not finish within {TIMEOUT_S} s")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.terminate()
+    return [torch.load(os.path.join(out, f"rank{r}.pt")) for r in range(WORLD)]
+
+
+def single_process(name):
+    """The same scenario in this process, on the global batch, with rank 0's seed."""
+    model, _, _ = tiny_mlp(dtype=torch.float64)
+    x, y = batch()
+    _, losses, sharpness = run_scenario(name, model, x, y, SEED)
+    return flat_params(model), losses, sharpness
+
+
+# ----------------------------------------------------------------------------- sync mode
+@pytest.mark.parametrize("name", ["frob", "frob_ddp", "frob_lean", "sam", "trace_antithetic"])
+def test_sync_ranks_agree_with_one_process_on_the_global_batch(ranks, name):
+    first, second = (r[name] for r in ranks)
+    assert first["mode"] == second["mode"] == "sync"
+    assert torch.equal(first["params"], second["params"])
+    assert first["losses"] == second["losses"] and first["sharpness"] == second["sharpness"]
+    params, losses, sharpness = single_process(name)
+    torch.testing.assert_close(first["params"], params, rtol=0, atol=1e-12)
+    assert first["losses"] == pytest.approx(losses, rel=1e-12)  # the step returns the global mean loss
+    assert first["sharpness"] == pytest.approx(sharpness, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("name, gradient, scalar", [
+    ("frob", 1, 3),              # one scalar all-reduce per pass (n + 1 = 3)
+    ("frob_ddp", 1, 3),
+    ("frob_lean", 1, 1),         # lean mode: every loss of the step in one all-reduce
+    ("sam", 2, 2),               # SAM aims at the global g0: one more gradient all-reduce
+    ("trace_antithetic", 1, 5),  # 1 + 2 n passes
+    ("per_rank", 1, 1),          # loss0, R and the finiteness verdict in one scalar all-reduce
+])
+def test_all_reduces_per_step(ranks, name, gradient, scalar):
+    for rank in ranks:
+        assert rank[name]["gradient_all_reduces"] == gradient
+        assert rank[name]["scalar_all_reduces"] == scalar
+        assert rank[name]["other_all_reduces"] == []
+
+
+def test_a_ddp_model_never_all_reduces_on_its_own(ranks):
+    assert all(rank["frob_ddp"]["ddp_buckets"] == [] for rank in ranks)
+
+
+def test_sync_ranks_draw_the_same_perturbations(ranks):
+    assert torch.equal(ranks[0]["frob"]["first_perturbation"], ranks[1]["frob"]["first_perturbation"])
+
+
+# ----------------------------------------------------------------------------- per-rank mode
+def test_per_rank_mode_draws_its_own_perturbations_and_still_agrees_on_parameters(ranks):
+    first, second = (r["per_rank"] for r in ranks)
+    assert first["mode"] == "per-rank"
+    assert not torch.allclose(first["first_perturbation"], second["first_perturbation"])
+    assert torch.equal(first["params"], second["params"])  # the combined gradient is averaged
+    assert first["sharpness"] == second["sharpness"] and first["losses"] == second["losses"]
+
+
+# ----------------------------------------------------------------------------- without processes
+def test_distributed_modes_need_an_initialized_process_group():
+    model, _, _ = tiny_mlp()
+    Frob = optimizer_class(frobenius())
+    with pytest.raises(OptimizerError, match="init_process_group"):
+        Frob(model.parameters(), rho=0.05, strength=0.5, distributed="sync")
+    with pytest.raises(OptimizerError, match="distributed must be"):
+        Frob(model.parameters(), rho=0.05, strength=0.5, distributed="ddp")
+    with pytest.raises(OptimizerError, match="process_group= needs"):
+        Frob(model.parameters(), rho=0.05, strength=0.5, distributed=None, process_group=object())
+    assert Frob(model.parameters(), rho=0.05, strength=0.5).distributed is None
+
+
+def test_a_single_process_group_is_the_plain_optimizer(tmp_path):
+    """world_size 1: the distributed code path (flat buffers, all-reduces) changes nothing."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        results = {}
+        for mode in (None, "sync", "per-rank"):
+            for memory in ("sums", "lean"):
+                model, x, y = tiny_mlp(dtype=torch.float64)
+                closure = make_closure(model, x, y) if memory == "sums" else _lean_closure(model, x, y)
+                opt = optimizer_class(frobenius())(model.parameters(), rho=0.05, strength=0.5, lr=0.1, seed=1,
+                                                   distributed=mode, memory=memory)
+                for _ in range(STEPS):
+                    opt.step(closure)
+                results[mode, memory] = flat_params(model)
+        reference = results[None, "sums"]
+        for (mode, memory), params in results.items():
+            if mode == "per-rank":  # reseeded from the shared state: another stream of perturbations
+                assert torch.isfinite(params).all() and not torch.allclose(params, reference)
+            else:
+                torch.testing.assert_close(params, reference, rtol=0, atol=1e-14, msg=f"{mode}, {memory}")
+        model, x, y = tiny_mlp(dtype=torch.float64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # world_size 1: "auto" has nothing to warn about
+            TraceSAM(model.parameters(), seed=0)
+    finally:
+        dist.destroy_process_group()
+
+
+def _lean_closure(model, x, y):
+    def closure():
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        if torch.is_grad_enabled():
+            loss.backward()
+        return loss
+    return closure
