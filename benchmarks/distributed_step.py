@@ -12,6 +12,8 @@ on rank 0 (median over repeats):
     FrobSAM, naive DDP      DDP all-reducing every backward (3 gradient all-reduces) with
                             per-rank losses: the recipe this replaces (its ranks drift apart)
 
+The gloo latency of an all-reduce of one float and of all the gradients is timed too.
+
     python benchmarks/distributed_step.py [--world 1 2] [--repeats 15] [--inner 5]
 """
 
@@ -100,6 +102,16 @@ def _worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
                 for _ in range(args["inner"]):
                     steps[config]()
                 times[config].append((time.perf_counter() - start) / args["inner"])
+        numel = sum(p.numel() for p in mlp(args["width"]).parameters())
+        for label, tensor in (("all_reduce, 1 float", torch.zeros(())),
+                              (f"all_reduce, {numel} floats", torch.zeros(numel))):
+            times[label] = []
+            for _ in range(args["repeats"]):
+                dist.barrier()
+                start = time.perf_counter()
+                for _ in range(20):
+                    dist.all_reduce(tensor)
+                times[label].append((time.perf_counter() - start) / 20)
         if rank == 0:
             with open(os.path.join(out, "times.json"), "w") as f:
                 json.dump({c: 1e3 * statistics.median(t) for c, t in times.items()}, f)
@@ -134,9 +146,9 @@ def main() -> None:
     results = {w: run(w, args.width, args.batch, args.repeats, args.inner) for w in args.world}
     print(f"MLP 64-{args.width}-{args.width}-10, batch {args.batch} per rank, gloo, 1 thread per process; "
           f"median of {args.repeats} x {args.inner} steps (ms)")
-    print(f"{'configuration':<22}" + "".join(f"{f'{w} process(es)':>16}" for w in args.world))
-    for config in CONFIGS:
-        print(f"{config:<22}" + "".join(f"{results[w][config]:16.3f}" for w in args.world))
+    print(f"{'configuration':<28}" + "".join(f"{f'{w} process(es)':>16}" for w in args.world))
+    for config in results[args.world[0]]:
+        print(f"{config:<28}" + "".join(f"{results[w][config]:16.3f}" for w in args.world))
 
 
 if __name__ == "__main__":

@@ -75,7 +75,8 @@ def _describe(measure, report) -> str:
         f"invariant    {'; '.join(measure.invariances) or 'no group declared'} (S inherits mu's invariances "
         "when L has them, Theorem 11)",
         f"m            {measure.m}",
-        f"cost         {measure.cost()} gradient evaluations per step (n samples per group)",
+        f"cost         {measure.cost()} gradient evaluations per step"
+        + (" (n samples per random group)" if "n" in measure.cost() else " (point masses need one pass each)"),
         f"dropped      {'; '.join(measure.constants_dropped) or 'nothing'}",
         f"assumptions  {'; '.join(measure.assumptions) or 'none'}",
         f"domain       {measure.domain.describe()}",

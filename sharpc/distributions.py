@@ -68,6 +68,8 @@ class Distribution:
     name: ClassVar[str] = "distribution"
     invariances: ClassVar[tuple[str, ...]] = ()
     is_probability: ClassVar[bool] = True
+    #: A point mass: one sample is the whole distribution.
+    deterministic: ClassVar[bool] = False
 
     def describe(self) -> str:
         return self.name
@@ -229,6 +231,7 @@ class DiracAt(Distribution):
 
     support: tuple[int, ...] = (0,)
     name: ClassVar[str] = "dirac"
+    deterministic: ClassVar[bool] = True
 
     def describe(self) -> str:
         return "delta(" + " + ".join(f"e_{i}" for i in self.support) + ")"
@@ -264,6 +267,7 @@ class Dirac(Distribution):
 
     name: ClassVar[str] = "dirac(grad/|grad|)"
     invariances: ClassVar[tuple[str, ...]] = ()
+    deterministic: ClassVar[bool] = True
 
     def describe(self) -> str:
         return "delta(grad L / |grad L|)"

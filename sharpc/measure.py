@@ -140,15 +140,13 @@ class Measure:
         return tuple(dropped)
 
     def cost(self, n_samples: str | int = "n") -> str:
-        """Gradient evaluations per optimizer step: one clean pass plus n per sample group."""
-        groups = len(self.groups)
+        """Gradient evaluations per optimizer step: one clean pass, n per random group, 1 per point mass."""
+        points = sum(g.distribution.deterministic for g in self.groups)
+        random = len(self.groups) - points
         if isinstance(n_samples, int):
-            return str(1 + groups * n_samples)
-        return f"1 + {groups}*{n_samples}" if groups > 1 else f"1 + {n_samples}"
-
-    def regularizer_value(self, component_means: Any) -> sp.Expr:
-        """phi at the given component means (symbolic or numeric)."""
-        return self.phi.subs(dict(zip(self.phi_args, component_means)))
+            return str(1 + points + random * n_samples)
+        terms = ["1"] + ([f"{random}*{n_samples}" if random > 1 else str(n_samples)] if random else [])
+        return " + ".join(terms + ([str(points)] if points else []))
 
     def with_steps(self, *steps: str, **changes: Any) -> Measure:
         """A copy with derivation steps appended (and other fields replaced)."""

@@ -18,7 +18,7 @@ import warnings
 import sympy as sp
 
 from .errors import ParseError
-from .spectral import D, Eig, EMax, EMin, EProd, ESum, lam, substitute_d
+from .spectral import D, Eig, EMax, EMin, EProd, ESum, HEntry, hessian_matrix, lam, reductions, substitute_d
 
 MAX_LENGTH = 2000  #: characters of target text
 MAX_NODES = 500  #: expression nodes in the syntax tree
@@ -28,6 +28,8 @@ MAX_LITERAL = 10**12  #: largest |number| written in the text
 MAX_MAGNITUDE = 10**300  #: largest |constant| built from literals
 MAX_BITS = 8192  #: largest numerator or denominator of any exact number built
 MAX_TERMS = 500  #: estimated terms after expanding all reduction bodies
+MAX_MATRIX_D = 6  #: largest d for matrix operations on H (det(H) has d! terms)
+MAX_MATRIX_POWER = 8  #: largest k in H**k
 #: SymPy simplifies c**(p/q), for a number c, through numbers of about q*bits(c) bits that
 #: it then factors (12**(99999/100003) takes minutes); this bounds q*bits(c).
 MAX_RADICAL = 1024
@@ -39,6 +41,8 @@ Reductions (not nested): sum, prod, max, min, mean; inside one, l is a single ei
 l[k] is the k-th largest eigenvalue (l[-1] the smallest); d is the number of eigenvalues.
 Functions: exp log sqrt abs sin cos tanh sign, maximum(a, b), minimum(a, b); constants pi, E.
 Operators: + - * / ** (exponents are constants with |value| <= 64).
+With a concrete d, H is the d x d Hessian: H[i, j], trace(M), det(M), M @ N, M**k
+(matrix operations need d <= 6); a target uses l or H, not both.
 """
 
 _REDUCTIONS = {"sum": ESum, "prod": EProd, "max": EMax, "min": EMin, "mean": ESum}
@@ -49,12 +53,14 @@ _FUNCTIONS = {
     "maximum": (sp.Max, 2), "minimum": (sp.Min, 2),
 }
 _CONSTANTS = {"pi": sp.pi, "E": sp.E}
+_MATRIX_FUNCTIONS = {"trace": lambda m: m.trace(), "det": lambda m: m.det(method="berkowitz")}
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
 #: Constants that can outgrow (or leave the reals from) their arguments; others are not re-checked.
 _GROWING = (sp.Rational, sp.Add, sp.Mul, sp.Pow, sp.exp, sp.log, type(sp.I))
 _UNDEFINED = (sp.zoo, sp.nan, sp.oo, sp.S.NegativeInfinity)
 _VECTOR = "l is a vector: reduce it with sum, prod, max, min or mean"
-_UNKNOWN = "expected l, d, pi, E or a function ({})".format(", ".join([*_REDUCTIONS, *_FUNCTIONS]))
+_UNKNOWN = "expected l, H, d, pi, E or a function ({})".format(
+    ", ".join([*_REDUCTIONS, *_FUNCTIONS, *_MATRIX_FUNCTIONS]))
 #: What to call the constructs the language leaves out, in error messages.
 _CONSTRUCTS = {
     ast.Attribute: "attribute access", ast.Lambda: "lambda", ast.Compare: "comparison",
@@ -106,7 +112,12 @@ def _parse(text: str, d: int | None) -> sp.Expr:
     except SyntaxError as exc:
         raise builder.error(f"syntax error: {exc.msg}", exc.lineno, exc.offset, one_based=True) from None
     builder.check_size(tree)
-    return builder.visit(tree)
+    value = builder.visit(tree)
+    if isinstance(value, sp.MatrixBase):
+        raise ParseError("the target is a matrix: reduce H with trace(...), det(...) or an entry H[i, j]", text)
+    if value.has(HEntry) and (reductions(value) or value.has(Eig)):
+        raise ParseError("a target uses either the eigenvalues l or the matrix H, not both", text)
+    return value
 
 
 class _Builder(ast.NodeVisitor):
@@ -152,6 +163,8 @@ class _Builder(ast.NodeVisitor):
     def visit(self, node: ast.AST) -> sp.Expr:
         """Build ``node``, then refuse undefined or huge constants at the node that made them."""
         value = super().visit(node)
+        if isinstance(value, sp.MatrixBase):  # entries are polynomials in H[i, j]: nothing to bound
+            return value
         if value.has(*_UNDEFINED):
             raise self.fail("division by zero or undefined value", node)
         problem = "number too large" if _radicals(value)[1] > MAX_BITS else None
@@ -188,18 +201,23 @@ class _Builder(ast.NodeVisitor):
             if not self.in_reduction:
                 raise self.fail(_VECTOR, node)
             return lam
+        if name == "H":
+            self._need_matrix_d(node, "matrix operations on H")
+            return hessian_matrix(self.d)
         if name == "d":  # bound now when known, so constant checks see its value
             return D if self.d is None else sp.Integer(self.d)
         if name in _CONSTANTS:
             return _CONSTANTS[name]
-        if name in _REDUCTIONS or name in _FUNCTIONS:
+        if name in _REDUCTIONS or name in _FUNCTIONS or name in _MATRIX_FUNCTIONS:
             raise self.fail(f"{name} is a function: call it as {name}(...)", node)
         raise self.fail(f"unknown name {name!r}; {_UNKNOWN}", node)
 
     def visit_Subscript(self, node: ast.Subscript) -> sp.Expr:
-        """``l[k]``: the k-th largest eigenvalue, for an integer literal k."""
+        """``l[k]``: the k-th largest eigenvalue, for an integer literal k; ``H[i, j]``: an entry."""
+        if isinstance(node.value, ast.Name) and node.value.id == "H":
+            return self._entry(node)
         if not (isinstance(node.value, ast.Name) and node.value.id == "l"):
-            raise self.fail("indexing is only allowed as l[k]", node)
+            raise self.fail("indexing is only allowed as l[k] or H[i, j]", node)
         if self.in_reduction:
             raise self.fail("l[k] cannot be used inside a reduction (there l is one eigenvalue)", node)
         index = _int_literal(node.slice)
@@ -213,6 +231,48 @@ class _Builder(ast.NodeVisitor):
             raise self.fail(f"number too large (max {MAX_LITERAL:.0e})", node.slice)
         return Eig(index)
 
+    def _entry(self, node: ast.Subscript) -> sp.Expr:
+        """``H[i, j]`` with integer literals 0 <= i, j < d; built without the whole matrix."""
+        if self.d is None:
+            raise self.fail("H needs a concrete d (--d N): it is the d x d Hessian", node)
+        if self.in_reduction:
+            raise self.fail("H[i, j] cannot be used inside a reduction", node)
+        indices = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        values = [_int_literal(index) for index in indices]
+        if len(values) != 2 or None in values:
+            raise self.fail("an entry of H is written H[i, j] with integer literals i and j", node.slice)
+        for index, value in zip(indices, values):
+            if not 0 <= value < self.d:
+                raise self.fail(f"index {value} is out of range for d = {self.d}", index)
+        return HEntry(*values)
+
+    def _need_matrix_d(self, node: ast.AST, what: str) -> None:
+        if self.d is None:
+            raise self.fail("H needs a concrete d (--d N): it is the d x d Hessian", node)
+        if self.d > MAX_MATRIX_D:
+            raise self.fail(f"{what} need d <= {MAX_MATRIX_D} (got {self.d}); entries H[i, j] work for any d", node)
+        if self.in_reduction:
+            raise self.fail("H cannot be used inside a reduction", node)
+
+    def _matrix_binop(self, node: ast.BinOp, left, right) -> sp.Expr:
+        """+, -, @ between matrices; * and / by a scalar; M**k for a small positive integer k."""
+        both = isinstance(left, sp.MatrixBase) and isinstance(right, sp.MatrixBase)
+        if isinstance(node.op, ast.MatMult) and both:
+            return left @ right
+        if isinstance(node.op, (ast.Add, ast.Sub)) and both:
+            return left + right if isinstance(node.op, ast.Add) else left - right
+        if isinstance(node.op, ast.Mult) and not both:
+            return left * right
+        if isinstance(node.op, ast.Div) and isinstance(right, sp.Expr) and right != 0:
+            return left / right
+        if isinstance(node.op, ast.Pow) and isinstance(left, sp.MatrixBase) and not both:
+            if not (right.is_Integer and 0 < right <= MAX_MATRIX_POWER):
+                raise self.fail(f"a matrix power needs an integer exponent 1..{MAX_MATRIX_POWER}", node.right)
+            return left ** int(right)
+        hint = "; use @ for matrix products" if isinstance(node.op, ast.Mult) else ""
+        raise self.fail(f"this operation does not combine a matrix and {'a matrix' if both else 'a scalar'}{hint}",
+                        node)
+
     # -- operators -----------------------------------------------------------------
 
     def visit_UnaryOp(self, node: ast.UnaryOp) -> sp.Expr:
@@ -223,6 +283,8 @@ class _Builder(ast.NodeVisitor):
         raise self.fail(f"{_CONSTRUCTS.get(type(node.op), 'this operator')} is not allowed", node)
 
     def visit_BinOp(self, node: ast.BinOp) -> sp.Expr:
+        if _mentions_matrix(node):
+            return self._matrix_binop(node, self.visit(node.left), self.visit(node.right))
         if isinstance(node.op, ast.Pow):
             return self._power(node)
         if not isinstance(node.op, (*_BINARY, ast.Div)):
@@ -268,6 +330,13 @@ class _Builder(ast.NodeVisitor):
             self.visit(node.func)  # names the forbidden construct, e.g. attribute access
             raise self.fail("only the listed functions can be called", node)
         name = node.func.id
+        if name in _MATRIX_FUNCTIONS:
+            if node.keywords or len(node.args) != 1:
+                raise self.fail(f"{name} takes exactly 1 argument, a matrix", node)
+            matrix = self.visit(node.args[0])
+            if not isinstance(matrix, sp.MatrixBase):
+                raise self.fail(f"{name} needs a matrix such as H or H @ H", node.args[0])
+            return sp.expand(_MATRIX_FUNCTIONS[name](matrix))
         if name not in _REDUCTIONS and name not in _FUNCTIONS:
             if name in ("l", "d", *_CONSTANTS):
                 raise self.fail(f"{name} is not a function", node.func)
@@ -314,6 +383,21 @@ class _Builder(ast.NodeVisitor):
                 raise self.fail(f"number too large (a constant to the power d = {self.d})", node)
             value = substitute_d(value, self.d)
         return value
+
+
+def _mentions_matrix(node: ast.BinOp) -> bool:
+    """Whether an operand is a matrix expression: a bare H (not an entry) outside trace/det."""
+    stack = [node.left, node.right]
+    while stack:
+        child = stack.pop()
+        if isinstance(child, ast.Name) and child.id == "H":
+            return True
+        if isinstance(child, ast.Subscript) or (isinstance(child, ast.Call) and isinstance(child.func, ast.Name)
+                                                 and child.func.id in _MATRIX_FUNCTIONS):
+            continue  # H[i, j], trace(...), det(...) are scalars
+        if isinstance(child, (ast.BinOp, ast.UnaryOp)):
+            stack.extend(ast.iter_child_nodes(child))
+    return False
 
 
 def _int_literal(node: ast.expr) -> int | None:

@@ -76,7 +76,7 @@ class EProd(_Reduction):
             return body**D
         if body.is_Mul:
             return sp.Mul(*(cls(factor) for factor in body.args))
-        if body.is_Pow and not body.exp.has(lam):
+        if body.is_Pow and body.exp.is_Integer:  # prod(x**e) = prod(x)**e needs an integer e
             return cls(body.base) ** body.exp
         if isinstance(body, sp.exp):
             return sp.exp(ESum(body.args[0]))
@@ -118,6 +118,7 @@ class Eig(sp.Function):
 
     nargs = 1
     is_real = True
+    is_number = False  # a numeric argument does not make it a number: it depends on H
 
     def _sympystr(self, printer) -> str:
         return f"l[{printer.doprint(self.args[0])}]"

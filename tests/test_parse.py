@@ -156,7 +156,7 @@ def test_expensive_but_valid_input_is_quick(text):
 @pytest.mark.parametrize(
     "text, position, message",
     [
-        ("sum(l) + foo", 9, "unknown name 'foo'; expected l, d, pi, E or a function"),
+        ("sum(l) + foo", 9, "unknown name 'foo'; expected l, H, d, pi, E or a function"),
         ("sum(l) + l", 9, "l is a vector: reduce it with sum, prod, max, min or mean"),
         ("l.__class__", 1, "attribute access is not allowed"),
         ("sum(l, start=1)", 7, "keyword arguments are not allowed"),

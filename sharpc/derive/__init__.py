@@ -23,7 +23,7 @@ import sympy as sp
 
 from ..errors import DerivationError
 from ..measure import Measure
-from ..spectral import reductions, substitute_d
+from ..spectral import is_matrix_target, reductions, substitute_d
 
 
 class Decline(Exception):
@@ -44,12 +44,17 @@ class Request:
 
 
 class Strategy(NamedTuple):
-    """A named derivation; ``auto`` strategies are tried in order when none is forced."""
+    """A named derivation; ``auto`` strategies are tried in order when none is forced.
+
+    ``matrix`` strategies take targets in the Hessian matrix H, the others targets in its
+    eigenvalues: each kind declines the other's targets before looking at them.
+    """
 
     name: str
     summary: str
     derive: Callable[[Request], Measure]
     auto: bool = True
+    matrix: bool = False
 
 
 def affine_in(target: sp.Expr, atom: sp.Expr) -> tuple[sp.Expr, sp.Expr] | None:
@@ -116,8 +121,12 @@ def derive(request: Request, strategy: str | None = None) -> Measure:
     else:
         candidates = [entry for entry in REGISTRY.values() if entry.auto]
     reasons = []
+    matrix_target = is_matrix_target(request.target)
     for entry in candidates:
         try:
+            if entry.matrix != matrix_target:
+                raise Decline("targets in the matrix H need the dirac strategy" if matrix_target
+                              else "takes targets in the matrix H only")
             return entry.derive(request)
         except Decline as why:
             reasons.append(f"{entry.name}: {why}")

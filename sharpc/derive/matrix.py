@@ -14,7 +14,7 @@ import sympy as sp
 
 from ..distributions import DiracAt, t
 from ..measure import Measure, SampleGroup, phi_symbols
-from ..spectral import HEntry, is_matrix_target
+from ..spectral import HEntry
 from . import Decline, Request, Strategy, make_measure
 
 NAME = "dirac"
@@ -24,8 +24,6 @@ MAX_COMPONENTS = 64
 
 
 def derive(request: Request) -> Measure:
-    if not is_matrix_target(request.target):
-        raise Decline("not a target in the Hessian matrix H")
     entries = sorted(request.target.atoms(HEntry), key=lambda e: (int(e.args[0]), int(e.args[1])))
     diagonal = sorted({int(i) for e in entries for i in e.args})
     off_diagonal = [(int(e.args[0]), int(e.args[1])) for e in entries if e.args[0] != e.args[1]]
@@ -41,7 +39,7 @@ def derive(request: Request) -> Measure:
     steps = (
         f"target = {sp.sstr(request.target)}",
         "Theorem 7: Q(e_i) = H_ii/2 and Q(e_i + e_j) = (H_ii + H_jj)/2 + H_ij with psi = identity",
-        f"the target uses {len(entries)} entries of H: {m} point masses "
+        f"the target uses {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} of H: {m} point masses "
         f"(the full construction would use d(d+1)/2 = {request.d * (request.d + 1) // 2})",
         "phi rebuilds H_ii = 2 t_i, H_ij = t_ij - t_i - t_j and applies the target",
     )
@@ -50,4 +48,4 @@ def derive(request: Request) -> Measure:
                         assumptions=(f"d = {request.d} perturbed parameters (H is {request.d} x {request.d})",))
 
 
-STRATEGIES = (Strategy(NAME, SUMMARY, derive),)
+STRATEGIES = (Strategy(NAME, SUMMARY, derive, matrix=True),)
