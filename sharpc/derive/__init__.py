@@ -114,14 +114,14 @@ REGISTRY: dict[str, Strategy] = {
 
 def derive(request: Request, strategy: str | None = None) -> Measure:
     """The first strategy that accepts the target (or the one named), else a DerivationError."""
+    matrix_target = is_matrix_target(request.target)
     if strategy is not None:
         if strategy not in REGISTRY:
             raise DerivationError(f"unknown strategy {strategy!r}; choose from {', '.join(REGISTRY)}")
         candidates = [REGISTRY[strategy]]
     else:
-        candidates = [entry for entry in REGISTRY.values() if entry.auto]
+        candidates = [entry for entry in REGISTRY.values() if entry.auto and entry.matrix == matrix_target]
     reasons = []
-    matrix_target = is_matrix_target(request.target)
     for entry in candidates:
         try:
             if entry.matrix != matrix_target:
