@@ -369,7 +369,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
             model: when given, perturbed passes leave BatchNorm running statistics untouched;
                 without it they update them like any forward pass in train mode. A
                 DistributedDataParallel model is run under ``no_sync()`` for every pass.
-            generator / seed: the perturbation sampler's own RNG (saved in state_dict).
+            generator: the perturbation sampler's own RNG (saved in state_dict).
+            seed: seeds a new generator when none is given.
             nonfinite: on a non-finite loss, "raise" (OptimizerError, parameters restored),
                 "skip" (count it in ``skipped_steps``) or "ignore" (no check, no host sync).
             memory: "sums" keeps running sums (at most 2 + slots parameter-sized buffers);
