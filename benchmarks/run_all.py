@@ -6,7 +6,8 @@
 * a torch.func.vmap prototype (functional_call + vmap over n perturbations) against the loop;
 * distributed step time on gloo for 1 and 2 processes (benchmarks/distributed_step.py);
 * compile latency (benchmarks/compile_latency.py);
-* peak memory per memory mode (benchmarks/memory_modes.py).
+* peak memory per memory mode (benchmarks/memory_modes.py; its --rss adds peak RSS);
+* the error bfloat16 autocast puts into Delta, by rho.
 
 Timed configurations that are compared are interleaved repeat by repeat; every figure is
 a median over repeats of one run, ratios taken within it.
@@ -231,9 +232,52 @@ def memory(quick: bool) -> list[tuple]:
     rows = [("peak tensor memory / parameter size (step ms)", f"MLP 256-{width}-{width}-10: {r['label']}",
              f"{r['peak']:.2f}, bound {r['bound']} ({r['ms']:.1f} ms)")
             for r in memory_modes.tensor_peaks(width, repeats=3 if quick else 5)]
-    if not quick:
-        rows += [("peak RSS above an SGD step / parameter size", f"MLP 256-2048-2048-10: {r['label']}",
-                  f"{r['rss']:.2f}") for r in memory_modes.rss_peaks(2048)]
+    return rows
+
+
+def bf16_delta_error(samples: int = 30) -> list[tuple]:
+    """How far bfloat16 autocast moves Delta from its float32 value, by rho.
+
+    Antithetic Deltas (L(x + rho v) + L(x - rho v) - 2 L(x)) / (2 rho**2), whose mean is the
+    curvature signal v^T H v / 2 at every rho (the first-order term cancels); reported:
+    rms(Delta_bf16 - Delta_fp32) / mean(Delta_fp32) over samples v. "float32 loss" is
+    autocast's default (matmuls in bfloat16, cross_entropy in float32); "bfloat16 loss"
+    rounds the loss value itself to bfloat16 (8-bit mantissa) before the difference.
+    """
+    torch.manual_seed(0)
+    model, x = mlp()
+    y = torch.randint(0, 10, (x.shape[0],))
+    params = list(model.parameters())
+    x0 = [p.detach().clone() for p in params]
+    generator = torch.Generator().manual_seed(0)
+    variants = {"fp32": (False, False), "float32 loss": (True, False), "bfloat16 loss": (True, True)}
+
+    @torch.no_grad()
+    def losses(offset: list | None) -> dict:
+        for p, a, v in zip(params, x0, offset or [0.0] * len(params)):
+            p.copy_(a + v)
+        out = {}
+        for key, (autocast, round_loss) in variants.items():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                value = torch.nn.functional.cross_entropy(model(x), y)
+            out[key] = (value.to(torch.bfloat16) if round_loss else value).double()
+        return out
+
+    rows = []
+    for rho in (0.001, 0.01, 0.1):
+        deltas: dict[str, list[float]] = {key: [] for key in variants}
+        clean = losses(None)
+        for _ in range(samples):
+            v = [rho * torch.randn(p.shape, generator=generator) for p in params]
+            plus, minus = losses(v), losses([-t for t in v])
+            for key in variants:
+                deltas[key].append(((plus[key] + minus[key] - 2 * clean[key]) / (2 * rho**2)).item())
+        exact = torch.tensor(deltas["fp32"])
+        errors = {k: (torch.tensor(deltas[k]) - exact).pow(2).mean().sqrt().item() / exact.mean().abs().item()
+                  for k in ("float32 loss", "bfloat16 loss")}
+        rows.append(("bf16 autocast: rms Delta error / mean Delta (antithetic)", f"MLP, rho {rho}",
+                     f"float32 loss {errors['float32 loss']:.2g}, bfloat16 loss {errors['bfloat16 loss']:.2g}"))
+    losses(None)  # parameters back to x
     return rows
 
 
@@ -261,6 +305,7 @@ def main() -> None:
         lambda: distributed(repeats, inner),
         lambda: compile_time(3 if args.quick else 10),
         lambda: memory(args.quick),
+        lambda: bf16_delta_error(10 if args.quick else 30),
     ]
     print(f"{machine()}\ncommand: python benchmarks/run_all.py{' --quick' if args.quick else ''}\n")
     print("| benchmark | configuration | result |\n|---|---|---|")

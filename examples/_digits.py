@@ -52,12 +52,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
             return loss
 
         optimizer.zero_grad()
-        if isinstance(optimizer, optim.PhiPsiSAM):
-            loss = optimizer.step(closure)
-        else:
-            loss = closure()
-            optimizer.step()
-        total += loss.detach()
+        total += optimizer.step(closure).detach()  # torch optimizers and sharpc's take the same closure
     return float(total) / len(batches)
 
 

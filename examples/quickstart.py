@@ -42,11 +42,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y
                 return loss
 
             optimizer.zero_grad()
-            if isinstance(optimizer, sharpc.optim.PhiPsiSAM):
-                optimizer.step(closure)
-            else:
-                closure()
-                optimizer.step()
+            optimizer.step(closure)  # torch optimizers and sharpc's take the same closure
 
 
 def main() -> None:

@@ -44,11 +44,7 @@ def run(optimizer_factory, steps: int, label: str) -> list[float]:
             return loss
 
         optimizer.zero_grad()
-        if isinstance(optimizer, sharpc.optim.PhiPsiSAM):
-            optimizer.step(closure)
-        else:
-            closure()
-            optimizer.step()
+        optimizer.step(closure)  # torch optimizers and sharpc's take the same closure
         history.append(top_eigenvalue(w))
     return history
 
