@@ -22,7 +22,8 @@ TARGETS = [("max(l)", 3, 2.0), ("mean(abs(l))", 4, 1.0), ("l[0] - l[-1]", 3, 1.0
 
 
 def main() -> None:
-    print(f"{'target':<16}{'d':>3}{'bound':>7}{'vandermonde':>14}{'power-roots':>14}  chosen          rel. s.e. at n=64")
+    header = f"{'target':<16}{'d':>3}{'bound':>7}{'vandermonde':>14}{'power-roots':>14}  {'chosen':<24}"
+    print(header + "rel. s.e. at n=64")
     for text, d, bound in TARGETS:
         request = Request(text, parse(text, d=d), d=d, bound=bound)
         probes = (np.linspace(-bound, bound, d), np.linspace(0.2 * bound, bound, d))

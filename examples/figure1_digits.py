@@ -25,9 +25,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from _digits import accuracy, digits, mlp, optimizer_factory, train_epoch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from _digits import accuracy, digits, mlp, optimizer_factory, train_epoch  # noqa: E402
 from sharpc import hessian  # noqa: E402
 
 RUNS = {

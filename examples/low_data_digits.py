@@ -18,10 +18,9 @@ import statistics
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
-
 from _digits import accuracy, digits, mlp, optimizer_factory, train_epoch
 from figure1_digits import RUNS
+from tqdm import tqdm
 
 
 def main() -> None:

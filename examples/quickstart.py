@@ -26,8 +26,8 @@ import sharpc
 def digits(seed: int) -> tuple[torch.Tensor, ...]:
     x, y = load_digits(return_X_y=True)
     x_train, x_test, y_train, y_test = train_test_split(x / 16.0, y, test_size=0.25, random_state=seed)
-    as_tensors = lambda *arrays: [torch.as_tensor(a, dtype=torch.float32 if a.ndim == 2 else torch.long) for a in arrays]
-    return tuple(as_tensors(x_train, y_train, x_test, y_test))
+    arrays = (x_train, y_train, x_test, y_test)
+    return tuple(torch.as_tensor(a, dtype=torch.float32 if a.ndim == 2 else torch.long) for a in arrays)
 
 
 def train(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, epochs: int,
