@@ -109,8 +109,9 @@ def _compile(options: argparse.Namespace) -> int:
     if options.emit:
         from .emit.standalone import emit_module
 
+        source = emit_module(measure, name=options.name or "SharpSAM")  # fails before touching the file
         with open(options.emit, "w", encoding="utf-8") as handle:
-            handle.write(emit_module(measure, name=options.name or "SharpSAM"))
+            handle.write(source)
     if options.json:
         payload = measure.to_dict()
         payload["verification"] = None if report is None else report.to_dict()

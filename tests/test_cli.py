@@ -72,3 +72,19 @@ def test_module_entry_point_and_console_script_do_not_import_torch(tmp_path):
              "\nprint('TORCH' if 'torch' in sys.modules else 'NO-TORCH', code)")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip().endswith("NO-TORCH 0"), result.stderr
+
+
+def test_emit_writes_a_standalone_module(capsys, tmp_path):
+    path = tmp_path / "frob_sam.py"
+    code, out, _ = run(capsys, "compile", "sum(l**2)", "--no-verify", "--emit", str(path), "--name", "FrobSAM")
+    assert code == 0 and f"wrote {path}" in out
+    source = path.read_text()
+    compile(source, str(path), "exec")  # valid Python (it is run end to end in test_emit.py)
+    assert "class FrobSAM(PhiPsiSAM)" in source and "import sharpc" not in source
+
+
+def test_emit_refuses_a_bad_class_name(capsys, tmp_path):
+    code, _, err = run(capsys, "compile", "sum(l**2)", "--no-verify", "--emit", str(tmp_path / "x.py"),
+                       "--name", "not a name")
+    assert code == 2 and "cannot name a generated optimizer class" in err
+    assert not (tmp_path / "x.py").exists()
