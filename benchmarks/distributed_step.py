@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import socket
@@ -115,7 +116,9 @@ def _worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
         if rank == 0:
             with open(os.path.join(out, "times.json"), "w") as f:
                 json.dump({c: 1e3 * statistics.median(t) for c, t in times.items()}, f)
+        del steps, opt, module, step, closure
     finally:
+        gc.collect()  # DDP reducers must go before their process group, or exit may abort
         dist.destroy_process_group()
 
 

@@ -419,7 +419,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
         if memory == "lean" and sum(g.kind == "dirac" for g in self.sample_groups) > 1:
             raise self.Error("memory='lean' supports at most one Dirac sample group (each one needs g0 kept)")
         distributed = self._distributed_mode(distributed, model, process_group)
-        if grad_scaler is not None and not all(hasattr(grad_scaler, a) for a in ("scale", "step", "update")):
+        scaler_api = ("scale", "step", "update", "is_enabled")
+        if grad_scaler is not None and not all(hasattr(grad_scaler, a) for a in scaler_api):
             raise self.Error(f"grad_scaler must be a torch.amp.GradScaler, got {type(grad_scaler).__name__}")
 
         super().__init__(params, dict(perturb=True, **base_kwargs))
@@ -541,9 +542,9 @@ class PhiPsiSAM(torch.optim.Optimizer):
         over ranks when distributed).
 
         ``closure`` computes the loss and calls ``backward()``; it is called 1 + groups * n
-        times (1 + 2 * groups * n with antithetic; memory="lean" adds the same number of
-        loss-only calls) and gradients are cleared before every call: it must not clear
-        them itself. Afterwards ``.grad`` holds the combined gradient the base optimizer
+        times (1 + 2 * groups * n with antithetic; memory="lean" adds one loss-only call
+        per perturbed point) and gradients are cleared before every call: it must not
+        clear them itself. Afterwards ``.grad`` holds the combined gradient the base optimizer
         used and ``self.sharpness`` the regularizer estimate R.
         """
         if closure is None:
@@ -582,6 +583,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
     def _clean_pass(self, closure: Callable, s: _Step) -> torch.Tensor:
         """L(x) (this rank's) and g0 in .grad; its RNG state is replayed for every later pass."""
         if self._ranks.mode and self.memory == "lean":  # autograd accumulates in place into one buffer
+            # (every parameter then has a .grad, so the no-backward check below cannot fire)
             s.flat, views = _flat(s.trainable, copy=False)
             for p, v in zip(s.trainable, views):
                 p.grad = v
@@ -618,7 +620,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
         if self.nonfinite == "raise":
             raise self._nonfinite_error(s.losses)
         self.skipped_steps += 1
-        if self.grad_scaler is not None:  # the scaler sees an overflow: it backs off, and update() has its record
+        if self.grad_scaler is not None and self.grad_scaler.is_enabled():
+            # the scaler sees an overflow: it skips, backs off, and update() has its record
             for p in s.active:
                 p.grad = torch.full_like(p, float("nan"))
             self.grad_scaler.step(self.base_optimizer)

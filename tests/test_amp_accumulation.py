@@ -89,9 +89,10 @@ def test_an_overflowing_scaled_gradient_skips_the_base_step_and_backs_the_scale_
     assert not torch.equal(flat_params(model), before)
 
 
-def test_a_skipped_non_finite_step_is_an_overflow_for_the_scaler():
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_skipped_non_finite_step_is_an_overflow_for_the_scaler(enabled):
     model, x, y = tiny_mlp()
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8, enabled=enabled)
     opt = FrobSAM(model.parameters(), rho=0.05, lr=0.1, seed=0, grad_scaler=scaler, nonfinite="skip")
     before = flat_params(model).clone()
     calls = []
@@ -104,7 +105,7 @@ def test_a_skipped_non_finite_step_is_an_overflow_for_the_scaler():
 
     opt.step(closure)
     scaler.update()  # has an inf check on record, so it does not assert
-    assert opt.skipped_steps == 1 and scaler.get_scale() == 2.0**7
+    assert opt.skipped_steps == 1 and scaler.get_scale() == (2.0**7 if enabled else 1.0)
     assert torch.equal(flat_params(model), before) and all(p.grad is None for p in model.parameters())
 
 
@@ -156,7 +157,7 @@ def test_accumulating_micro_batches_equals_the_full_batch_step(cls, options):
 
     params, losses, sharpness = run([32])
     for sizes in ([8, 8, 8, 8], [10, 10, 12]):
-        p, l, s = run(sizes)
+        p, ls, s = run(sizes)
         torch.testing.assert_close(p, params, rtol=0, atol=1e-12)
-        torch.testing.assert_close(l, losses, rtol=1e-12, atol=0)
+        torch.testing.assert_close(ls, losses, rtol=1e-12, atol=0)
         torch.testing.assert_close(s, sharpness, rtol=1e-6, atol=1e-9)

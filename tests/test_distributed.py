@@ -9,6 +9,7 @@ and tells gradient all-reduces (the size of all parameters) from scalar ones by 
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import socket
 import time
@@ -31,6 +32,7 @@ SCENARIOS = {  # name: (optimizer class, options)
     "frob": (lambda: optimizer_class(frobenius()), dict(rho=0.05, strength=0.5, n_samples=2)),
     "frob_ddp": (lambda: optimizer_class(frobenius()), dict(rho=0.05, strength=0.5, n_samples=2)),
     "frob_lean": (lambda: optimizer_class(frobenius()), dict(rho=0.05, strength=0.5, n_samples=2, memory="lean")),
+    "sam_lean_ddp": (lambda: SAM, dict(rho=0.05, memory="lean")),
     "sam": (lambda: SAM, dict(rho=0.05)),
     "trace_antithetic": (lambda: TraceSAM, dict(rho=0.05, n_samples=2, antithetic=True)),
     "per_rank": (lambda: optimizer_class(frobenius()), dict(rho=0.05, strength=0.5, n_samples=2,
@@ -51,7 +53,7 @@ def shard(tensor, rank):
 def run_scenario(name, model, x, y, seed, record=None):
     cls, options = SCENARIOS[name]
     options = dict(options)
-    if name.endswith("_ddp") and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         options["model"] = model  # distributed="auto" resolves to "sync" for a DDP model
     elif dist.is_initialized() and "distributed" not in options:
         options["distributed"] = "sync"
@@ -112,9 +114,15 @@ def _worker(rank, port, out):
                                  other_all_reduces=[s for s in sizes if s != numel and s >= 8],
                                  ddp_buckets=ddp_buckets, mode=opt.distributed,
                                  first_perturbation=record[1] - record[0])
+            del opt, target, model
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            TraceSAM(tiny_mlp()[0].parameters(), seed=0)  # distributed="auto", a plain model, world 2
+        results["auto_warnings"] = [str(w.message) for w in caught]
         torch.save(results, os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.all_reduce = original
+        gc.collect()  # DDP reducers must go before their process group, or exit may abort
         dist.destroy_process_group()
 
 
@@ -151,7 +159,7 @@ def single_process(name):
 
 
 # ----------------------------------------------------------------------------- sync mode
-@pytest.mark.parametrize("name", ["frob", "frob_ddp", "frob_lean", "sam", "trace_antithetic"])
+@pytest.mark.parametrize("name", ["frob", "frob_ddp", "frob_lean", "sam", "sam_lean_ddp", "trace_antithetic"])
 def test_sync_ranks_agree_with_one_process_on_the_global_batch(ranks, name):
     first, second = (r[name] for r in ranks)
     assert first["mode"] == second["mode"] == "sync"
@@ -168,6 +176,7 @@ def test_sync_ranks_agree_with_one_process_on_the_global_batch(ranks, name):
     ("frob_ddp", 1, 3),
     ("frob_lean", 1, 1),         # lean mode: every loss of the step in one all-reduce
     ("sam", 2, 2),               # SAM aims at the global g0: one more gradient all-reduce
+    ("sam_lean_ddp", 2, 1),
     ("trace_antithetic", 1, 5),  # 1 + 2 n passes
     ("per_rank", 1, 1),          # loss0, R and the finiteness verdict in one scalar all-reduce
 ])
@@ -179,11 +188,16 @@ def test_all_reduces_per_step(ranks, name, gradient, scalar):
 
 
 def test_a_ddp_model_never_all_reduces_on_its_own(ranks):
-    assert all(rank["frob_ddp"]["ddp_buckets"] == [] for rank in ranks)
+    assert all(rank[name]["ddp_buckets"] == [] for rank in ranks for name in ("frob_ddp", "sam_lean_ddp"))
 
 
 def test_sync_ranks_draw_the_same_perturbations(ranks):
     assert torch.equal(ranks[0]["frob"]["first_perturbation"], ranks[1]["frob"]["first_perturbation"])
+
+
+def test_auto_warns_when_ranks_would_step_apart(ranks):
+    for rank in ranks:
+        assert any("every rank steps on its own" in message for message in rank["auto_warnings"])
 
 
 # ----------------------------------------------------------------------------- per-rank mode
@@ -232,6 +246,15 @@ def test_a_single_process_group_is_the_plain_optimizer(tmp_path):
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # world_size 1: "auto" has nothing to warn about
             TraceSAM(model.parameters(), seed=0)
+        # a per-rank checkpoint records its rank: this rank's resumes exactly, another's is split off
+        opt = TraceSAM(model.parameters(), seed=0, distributed="per-rank")
+        saved = opt.state_dict()
+        assert saved["phi_psi_sam"]["rank"] == 0
+        opt.load_state_dict(saved)
+        assert torch.equal(opt.generator.get_state(), saved["phi_psi_sam"]["generator_state"])
+        saved["phi_psi_sam"]["rank"] = 1
+        opt.load_state_dict(saved)
+        assert not torch.equal(opt.generator.get_state(), saved["phi_psi_sam"]["generator_state"])
     finally:
         dist.destroy_process_group()
 
