@@ -7,19 +7,21 @@ handling), hold no parameter-sized buffer but the backup of x, and fail as clean
 from __future__ import annotations
 
 import contextlib
-import weakref
+import sys
+from pathlib import Path
 from unittest import mock
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from _optim_helpers import single_thread  # noqa: F401  (autouse fixture: one torch thread)
 from _optim_helpers import (flat_params, frobenius, shifted_det, third_power_sum, tiny_mlp,
                             trace_product_two_groups)
 from sharpc import OptimizerError
 from sharpc.optim import SAM, DetSAM, FrobSAM, TraceSAM, optimizer_class
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+from memory_modes import LiveTensorBytes  # noqa: E402  (the benchmark's exact tensor-memory meter)
 
 
 def lean_closure(model, x, y, record=None):
@@ -101,32 +103,6 @@ def test_lean_holds_the_backup_alone():
     opt = FrobSAM([{"params": weights}, {"params": biases, "perturb": False}], lr=0.1, seed=0, memory="lean")
     opt.step(lean_closure(model, x, y))
     assert 0.5 < opt.buffer_report()["allocated"] < 1.0
-
-
-class LiveTensorBytes(TorchDispatchMode):
-    """Peak bytes of tensor storages created inside the mode and still alive."""
-
-    def __init__(self):
-        super().__init__()
-        self.live = self.peak = 0
-        self._seen: set[int] = set()
-
-    def _release(self, key: int, size: int) -> None:
-        self._seen.discard(key)
-        self.live -= size
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {id(t.untyped_storage()) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):  # views and in-place results share an input's storage: not new
-                storage = t.untyped_storage()
-                if id(storage) not in self._seen and id(storage) not in inputs:
-                    self._seen.add(id(storage))
-                    self.live += storage.nbytes()
-                    weakref.finalize(storage, self._release, id(storage), storage.nbytes())
-        self.peak = max(self.peak, self.live)
-        return out
 
 
 def test_lean_peak_memory_is_lower_by_the_accumulators():
