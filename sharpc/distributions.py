@@ -67,7 +67,6 @@ class Distribution:
 
     name: ClassVar[str] = "distribution"
     invariances: ClassVar[tuple[str, ...]] = ()
-    is_probability: ClassVar[bool] = True
     #: A point mass: one sample is the whole distribution.
     deterministic: ClassVar[bool] = False
 
@@ -87,8 +86,6 @@ class Distribution:
         """The integral of psi(1/2 v^T H v) d mu(v) in spectral atoms, or None if unknown."""
         return None
 
-    def as_dict(self) -> dict:
-        return {"name": self.name, **{k: float(v) for k, v in self.__dict__.items()}}
 
 
 @dataclass(frozen=True)
@@ -193,7 +190,6 @@ class Lebesgue(Distribution):
     name: ClassVar[str] = "lebesgue"
     invariances: ClassVar[tuple[str, ...]] = ("volume-preserving linear maps SL^±(d)",
                                               "diagonal scalings with det 1")
-    is_probability: ClassVar[bool] = False
 
     def describe(self) -> str:
         return f"Lebesgue(R^d), sampled on [-{self.truncation:g}, {self.truncation:g}]^d"
@@ -257,8 +253,6 @@ class DiracAt(Distribution):
         q = sp.Rational(1, 2) * sum(HEntry(i, j) for i in self.support for j in self.support)
         return psi.subs(t, q)
 
-    def as_dict(self) -> dict:
-        return {"name": self.name, "support": list(self.support)}
 
 
 @dataclass(frozen=True)
@@ -285,7 +279,6 @@ class Adaptive(Distribution):
 
     base: Distribution = Gaussian()
     name: ClassVar[str] = "adaptive"
-    is_probability: ClassVar[bool] = True
 
     @property
     def invariances(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -304,10 +297,4 @@ class Adaptive(Distribution):
     def closed_form(self, psi):
         return self.base.closed_form(psi)
 
-    def as_dict(self) -> dict:
-        return {"name": self.name, "base": self.base.as_dict()}
 
-
-REGISTRY: dict[str, type[Distribution]] = {
-    cls.name: cls for cls in (Gaussian, Sphere, Hypercube, Lebesgue)
-}
