@@ -32,13 +32,9 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 t = sp.Symbol("t", real=True)
 
 
-def _monomial_terms(psi: sp.Expr) -> list[tuple[sp.Expr, sp.Expr]] | None:
+def _monomial_terms(psi: sp.Expr) -> list[tuple[sp.Expr, sp.Expr]]:
     """Split psi into (coefficient, basis term) pairs with t-free coefficients."""
-    terms = []
-    for term in sp.Add.make_args(sp.expand(psi, power_exp=False)):
-        coeff, basis = term.as_independent(t, as_Add=False)
-        terms.append((coeff, basis))
-    return terms
+    return [term.as_independent(t, as_Add=False) for term in sp.Add.make_args(sp.expand(psi, power_exp=False))]
 
 
 def _exp_rate(basis: sp.Expr) -> sp.Expr | None:
@@ -85,7 +81,6 @@ class Distribution:
     def closed_form(self, psi: sp.Expr) -> sp.Expr | None:
         """The integral of psi(1/2 v^T H v) d mu(v) in spectral atoms, or None if unknown."""
         return None
-
 
 
 @dataclass(frozen=True)
@@ -252,7 +247,6 @@ class DiracAt(Distribution):
 
         q = sp.Rational(1, 2) * sum(HEntry(i, j) for i in self.support for j in self.support)
         return psi.subs(t, q)
-
 
 
 @dataclass(frozen=True)
