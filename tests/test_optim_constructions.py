@@ -82,3 +82,23 @@ def test_adaptive_measure_sees_the_rescaled_hessian():
     stderr = np.std(values) / np.sqrt(len(values))
     assert abs(np.mean(values) - expected) < 4 * stderr
     assert abs(expected - (torch.linalg.eigvalsh(a) ** 2).sum().item()) > 10 * stderr
+
+
+@pytest.mark.parametrize("expression, options, d", [
+    ("max(l)", dict(d=3, bound=2), 3), ("mean(abs(l))", dict(d=4, bound=1), 4),
+    ("H[0, 1]**2", dict(d=3), 3), ("prod(l)", dict(invariant="scale"), 4),
+])
+def test_issue_four_targets_train(expression, options, d):
+    """The issue's 'done when' commands: each compiles, verifies and takes finite training steps."""
+    measure = sharpc.compile(expression, **options)
+    assert measure.verify(samples=2000).certified is not False
+    a = spd(d, 4)
+    x, closure = quadratic(a, torch.zeros(d, dtype=torch.float64))
+    with torch.no_grad():
+        x.add_(0.3)
+    opt = measure.optimizer_class()([x], rho=0.05, strength=0.01, lr=0.05, seed=0)
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        losses.append(opt.step(closure).item())
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
