@@ -840,7 +840,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         """(slot, weight) pairs: how much of this sample's direction each accumulator takes."""
         if self.estimator == "plugin":
             slopes = _slopes(self.psi, delta, d)
-            return [(l, slopes[l]) for l in self.sample_groups[group].components]
+            return [(c, slopes[c]) for c in self.sample_groups[group].components]
         return [(slot, delta ** (k - 1)) for slot, (a, k) in enumerate(self.power_sums) if a == group]
 
     def _combine(self, deltas: list, d: torch.Tensor):
@@ -850,8 +850,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
             means = [None] * self.m
             for group, samples in zip(self.sample_groups, deltas):
                 values = self.psi(samples, d)
-                for l in group.components:
-                    means[l] = values[l].mean()
+                for c in group.components:
+                    means[c] = values[c].mean()
             sharpness, slopes = _value_and_grad(self.phi, torch.stack(means), d)
             return sharpness, self.strength * slopes / n
         sums = torch.stack([(deltas[a] ** k).sum() for a, k in self.power_sums])

@@ -71,7 +71,7 @@ def unbiased_estimator(measure: Measure) -> tuple[UStatistic | None, str]:
     for powers, coeff in sp.Poly(measure.phi, *args).terms():
         term = coeff
         for a, group in enumerate(measure.groups):
-            factors = [measure.psi[l] for l in group.components for _ in range(powers[l])]
+            factors = [measure.psi[c] for c in group.components for _ in range(powers[c])]
             if len(factors) > MAX_ORDER:
                 return None, f"a monomial of phi multiplies {len(factors)} > {MAX_ORDER} expectations"
             order = max(order, len(factors))
