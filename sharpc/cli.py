@@ -95,7 +95,11 @@ def _describe(measure, report) -> str:
             lines.append(f"  Monte Carlo: {len(report.cases)} random Hessians, {report.samples} samples each, "
                          f"pass if |z| <= {report.z_threshold}")
             lines += ["  " + row for row in report.table().splitlines()]
-        lines.append(f"result: {'verified' if report.passed else 'VERIFICATION FAILED'}")
+        if not report.passed:
+            result = "VERIFICATION FAILED"
+        else:
+            result = "verified" if report.checked else "not verified: no check applies (see the notes)"
+        lines.append(f"result: {result}")
     return "\n".join(lines)
 
 

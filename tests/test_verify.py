@@ -80,3 +80,14 @@ def test_approximate_measures_say_why_monte_carlo_does_not_apply():
     report = sharpc.compile("prod(l)", det_sampling="hypercube").verify()
     assert report.cases == () and "approximate" in report.notes[0]
     assert report.certified is None
+
+
+def test_large_concrete_d_is_certified_in_atoms_without_expanding_or_sampling():
+    report = sharpc.compile("sum(l**2)", d=100_000).verify()
+    assert report.certified is True and report.cases == () and report.checked
+    assert "too large for the Monte Carlo test" in report.notes[0]
+
+
+def test_nothing_checked_is_reported_as_such():
+    report = sharpc.compile("prod(l)", det_sampling="hypercube").verify()
+    assert report.passed and not report.checked
