@@ -132,7 +132,8 @@ def certify(measure: Measure) -> tuple[str, bool | None]:
         if _vanishes(difference):  # in spectral atoms: cheap for any d
             return f"closed form at d = {measure.d}", True
         if measure.d > EXPLICIT_MAX_D:
-            return f"not proved: no simplification in spectral atoms, and d > {EXPLICIT_MAX_D} is too large to expand", None
+            return (f"not proved: no simplification in spectral atoms, and d > {EXPLICIT_MAX_D} "
+                    "is too large to expand"), None
         ok = _vanishes(expand_spectrum(difference, eigenvalue_symbols(measure.d)))
         return f"closed form at d = {measure.d}", ok
     if _vanishes(difference):
