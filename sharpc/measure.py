@@ -158,8 +158,11 @@ class Measure:
         Uses the measured per-sample variance and, for the target's size, a spectrum at the
         domain's bound (or ``spectrum``): n = Var / (rel_tol * |target|)^2.
         """
-        from .verify import estimator_variance, target_at
+        from .verify import EXPLICIT_MAX_D, estimator_variance, target_at
 
+        if spectrum is None and self.d is not None and self.d > EXPLICIT_MAX_D:
+            raise SharpcError(f"recommended_samples simulates d x d Hessians: d = {self.d} is above "
+                              f"{EXPLICIT_MAX_D}; pass a smaller probe spectrum=")
         spectrum = self.domain.probe(self.d or 5) if spectrum is None else spectrum
         variance = estimator_variance(self, spectrum)
         size = abs(target_at(self.target, np.diag(spectrum)))
