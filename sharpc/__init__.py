@@ -32,7 +32,7 @@ def compile(expression: str, *, d: int | None = None, strategy: str | None = Non
     """Parse a target in the Hessian eigenvalues ``l`` and derive its (phi, psi, mu).
 
     Args:
-        expression: e.g. ``"sum(l**2)"``; see ``sharpc.parse.LANGUAGE_HELP``.
+        expression: e.g. ``"sum(l**2)"``; the language is described in ``sharpc compile --help`` and docs/language.md.
         d: the number of eigenvalues, when it is fixed (otherwise symbolic and bound to the
             number of perturbed parameters by the optimizer).
         strategy: force one strategy by name (``sharpc.STRATEGIES``) instead of the first that applies.

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import sympy as sp
 
 from .errors import SharpcError
+from .parse import LANGUAGE_HELP
 
 EXIT_OK, EXIT_UNVERIFIED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -36,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     comp = commands.add_parser("compile", help="derive and verify (phi, psi, mu) for a target",
                                description="Derive and verify (phi, psi, mu) for a target in the "
-                               "Hessian eigenvalues l, e.g. 'sum(l**2)' or 'prod(1 - l/10)'.")
+                               "Hessian eigenvalues l, e.g. 'sum(l**2)' or 'prod(1 - l/10)'.",
+                               epilog=LANGUAGE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     comp.add_argument("expression", help="target in eigenvalues l, e.g. 'sum(l**2)' "
                       "(put -- before a target that starts with '-')")
     comp.add_argument("--d", type=_positive_int, default=None, help="number of eigenvalues (default: symbolic)")
