@@ -7,22 +7,12 @@ depend on the derivation strategies; the expected values come from numpy eigenva
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import sympy as sp
 import torch
 
 from sharpc.distributions import Gaussian, Sphere, t
 from sharpc.measure import Measure, SampleGroup, phi_symbols
 from sharpc.spectral import D, EProd, ESum, lam
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models run fastest (and least noisily on a shared machine) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def measure(source, target, phi, psi, distribution, scale=1) -> Measure:

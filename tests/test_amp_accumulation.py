@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _optim_helpers import single_thread  # noqa: F401  (autouse fixture: one torch thread)
 from _optim_helpers import Quadratic, flat_params, frobenius, symmetric, tiny_mlp, trace_gaussian
 from sharpc.optim import SAM, FrobSAM, TraceSAM, optimizer_class
 

@@ -20,7 +20,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from _optim_helpers import single_thread  # noqa: F401  (autouse fixture: one torch thread)
 from _optim_helpers import flat_params, frobenius, make_closure, tiny_mlp
 from sharpc import OptimizerError
 from sharpc.optim import SAM, TraceSAM, optimizer_class

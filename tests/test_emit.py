@@ -17,7 +17,6 @@ import pytest
 import sympy as sp
 import torch
 
-from _optim_helpers import single_thread  # noqa: F401  (autouse fixture: one torch thread)
 from _optim_helpers import frobenius, shifted_det
 from sharpc import OptimizerError
 from sharpc.distributions import t

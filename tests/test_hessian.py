@@ -62,15 +62,6 @@ def least_squares(spectrum, n: int = 200, seed: int = 0):
     return model, half_mse, (inputs, torch.randn(n, 1, generator=g, dtype=F64))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add overhead (10x slower on 2 busy cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny():
     """A tanh MLP (d = 32) with its exact Hessian and eigenvalues."""

@@ -14,7 +14,6 @@ from unittest import mock
 import pytest
 import torch
 
-from _optim_helpers import single_thread  # noqa: F401  (autouse fixture: one torch thread)
 from _optim_helpers import (flat_params, frobenius, shifted_det, third_power_sum, tiny_mlp,
                             trace_product_two_groups)
 from sharpc import OptimizerError

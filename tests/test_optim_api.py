@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import sharpc
-from _optim_helpers import single_thread  # noqa: F401  (autouse fixture: one torch thread)
 from _optim_helpers import flat_params, frobenius, make_closure, tiny_mlp
 from sharpc import OptimizerError, optim
 from sharpc.optim import DetSAM, FrobSAM, SAM, TraceSAM, optimizer_class

@@ -9,7 +9,6 @@ from unittest import mock
 import pytest
 import torch
 
-from _optim_helpers import single_thread  # noqa: F401  (autouse fixture: one torch thread)
 from _optim_helpers import tiny_mlp
 from sharpc import OptimizerError
 from sharpc.optim import FrobSAM, SAM

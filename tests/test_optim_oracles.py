@@ -17,7 +17,6 @@ import pytest
 import sympy as sp
 import torch
 
-from _optim_helpers import single_thread  # noqa: F401  (autouse fixture: one torch thread)
 from _optim_helpers import (Quadratic, frobenius, mean_and_se, shifted_det, symmetric, third_power_sum,
                             trace_gaussian, trace_product_two_groups, trace_sphere)
 from sharpc.distributions import Gaussian, t
