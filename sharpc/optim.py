@@ -33,6 +33,7 @@ from .distributions import Dirac, t
 from .emit import generate
 from .errors import OptimizerError
 from .measure import Measure, SampleGroup, phi_symbols
+from .spectral import RHO
 
 PhiPsiSAM = runtime.PhiPsiSAM
 
@@ -43,11 +44,27 @@ _serial = itertools.count(1)
 
 
 def optimizer_class(measure: Measure, name: str | None = None) -> type[PhiPsiSAM]:
-    """A ``torch.optim.Optimizer`` subclass minimizing L + strength * rho**2 * R for ``measure``.
+    """A ``torch.optim.Optimizer`` subclass minimizing L + strength * target for ``measure``.
 
-    The same measure and name give the same class object.
+    The class's defaults are :func:`recommended`; the same measure and name give the same class object.
     """
-    return _build(measure, name or "SharpSAM", {})
+    return _build(measure, name or "SharpSAM", recommended(measure))
+
+
+def recommended(measure: Measure) -> dict[str, Any]:
+    """Defaults that lower the target on real models (measured: docs/results.md, benchmarks/delivery.py).
+
+    strength is relative (the weight of log target), so one value serves every target and
+    model size; rho is left to the runtime, which sets |rho v| to DEFAULT_RADIUS of the
+    parameters' norm; random measures take antithetic differences, which cancel the
+    gradient term g.v / rho that one-sided differences feed into psi.
+    """
+    random = any(not g.distribution.deterministic for g in measure.groups)
+    return dict(strength=RELATIVE_STRENGTH, relative=True, difference="antithetic" if random else "one-sided")
+
+
+#: The default relative strength (see :func:`recommended`).
+RELATIVE_STRENGTH = 0.1
 
 
 def _build(measure: Measure, name: str, recommended: dict[str, Any]) -> type[PhiPsiSAM]:
@@ -76,8 +93,9 @@ def _sam_measure() -> Measure:
     return Measure(
         source="SAM", target=sp.Symbol("R_SAM"), d=None, phi=t1, psi=(t,),
         groups=(SampleGroup(Dirac(), (0,)),), strategy="appendix-h",
-        steps=("Appendix H: phi = psi = identity, mu = delta at grad L / |grad L|, n = 1 recovers SAM",),
-        exact=False,
+        steps=("Appendix H: phi = psi = identity, mu = delta at grad L / |grad L|, n = 1 recovers SAM",
+               "target = rho**2 * S = L(x + rho g / |g|) - L(x), so strength 1 is textbook SAM"),
+        scale=RHO**2, exact=False,
     )
 
 
@@ -85,12 +103,12 @@ def _compiled(expression: str, **options: Any) -> Callable[[], Measure]:
     return lambda: compile_measure(expression, **options)
 
 
+#: Each preset's measure and the defaults it overrides in :func:`recommended`.
 _PRESETS: dict[str, tuple[Callable[[], Measure], dict[str, Any]]] = {
-    "SAM": (_sam_measure, dict(rho=0.05, strength=1.0, n_samples=1)),
-    "TraceSAM": (_compiled("sum(l)"), dict(rho=0.05, strength=1.0, n_samples=1)),
-    "FrobSAM": (_compiled("sum(l**2)"), dict(rho=0.01, strength=0.001, n_samples=2)),
-    "DetSAM": (_compiled("prod(l)", det_sampling="hypercube", half_width=0.01),
-               dict(rho=1.0, strength=0.1, n_samples=1)),
+    "SAM": (_sam_measure, dict(rho=0.05, strength=1.0, relative=False)),
+    "TraceSAM": (_compiled("sum(l)"), {}),
+    "FrobSAM": (_compiled("sum(l**2)"), {}),
+    "DetSAM": (_compiled("prod(l)", det_sampling="hypercube", half_width=0.01), dict(rho=1.0)),
 }
 
 
@@ -98,6 +116,7 @@ def __getattr__(name: str) -> type[PhiPsiSAM]:
     """Build a preset class on first access (and keep it as a module attribute)."""
     if name not in _PRESETS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    make, recommended = _PRESETS[name]
-    cls = globals()[name] = _build(make(), name, recommended)
+    make, overrides = _PRESETS[name]
+    measure = make()
+    cls = globals()[name] = _build(measure, name, {**recommended(measure), **overrides})
     return cls
