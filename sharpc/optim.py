@@ -46,25 +46,10 @@ _serial = itertools.count(1)
 def optimizer_class(measure: Measure, name: str | None = None) -> type[PhiPsiSAM]:
     """A ``torch.optim.Optimizer`` subclass minimizing L + strength * target for ``measure``.
 
-    The class's defaults are :func:`recommended`; the same measure and name give the same class object.
+    The class's defaults are :func:`sharpc.emit.recommended`; the same measure and name give the
+    same class object.
     """
-    return _build(measure, name or "SharpSAM", recommended(measure))
-
-
-def recommended(measure: Measure) -> dict[str, Any]:
-    """Defaults that lower the target on real models (measured: docs/results.md, benchmarks/delivery.py).
-
-    strength is relative (the weight of log target), so one value serves every target and
-    model size; rho is left to the runtime, which sets |rho v| to DEFAULT_RADIUS of the
-    parameters' norm; random measures take antithetic differences, which cancel the
-    gradient term g.v / rho that one-sided differences feed into psi.
-    """
-    random = any(not g.distribution.deterministic for g in measure.groups)
-    return dict(strength=RELATIVE_STRENGTH, relative=True, difference="antithetic" if random else "one-sided")
-
-
-#: The default relative strength (see :func:`recommended`).
-RELATIVE_STRENGTH = 0.1
+    return _build(measure, name or "SharpSAM", {})
 
 
 def _build(measure: Measure, name: str, recommended: dict[str, Any]) -> type[PhiPsiSAM]:
@@ -103,7 +88,7 @@ def _compiled(expression: str, **options: Any) -> Callable[[], Measure]:
     return lambda: compile_measure(expression, **options)
 
 
-#: Each preset's measure and the defaults it overrides in :func:`recommended`.
+#: Each preset's measure and the defaults it overrides in :func:`sharpc.emit.recommended`.
 _PRESETS: dict[str, tuple[Callable[[], Measure], dict[str, Any]]] = {
     "SAM": (_sam_measure, dict(rho=0.05, strength=1.0, relative=False)),
     "TraceSAM": (_compiled("sum(l)"), {}),
@@ -117,6 +102,5 @@ def __getattr__(name: str) -> type[PhiPsiSAM]:
     if name not in _PRESETS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     make, overrides = _PRESETS[name]
-    measure = make()
-    cls = globals()[name] = _build(measure, name, {**recommended(measure), **overrides})
+    cls = globals()[name] = _build(make(), name, overrides)
     return cls

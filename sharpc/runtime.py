@@ -482,6 +482,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         if grad_scaler is not None and not all(hasattr(grad_scaler, a) for a in scaler_api):
             raise self.Error(f"grad_scaler must be a torch.amp.GradScaler, got {type(grad_scaler).__name__}")
 
+        hyper.update(self._step_defaults(hyper["estimator"], hyper["n_samples"]))
         params = list(params)
         if hyper["rho"] is None:
             hyper["rho"] = self._default_rho(params)
@@ -509,6 +510,14 @@ class PhiPsiSAM(torch.optim.Optimizer):
         self._ranks = _Ranks(distributed, process_group, model)
         self._ranks.share_(self.generator, [p for g in self.param_groups for p in g["params"]])
         _load_forward_ad()
+
+    def _step_defaults(self, estimator: str, n_samples: int | None) -> dict:
+        """Resolve estimator="auto" and n_samples=None, so the param groups show what a step does."""
+        if estimator == "auto":
+            estimator = "plugin" if self.ustat is None else "unbiased"
+        if n_samples is None:
+            n_samples = self.ustat_order if estimator == "unbiased" else 1
+        return dict(estimator=estimator, n_samples=n_samples)
 
     def _default_rho(self, params: list) -> float:
         """rho such that a typical perturbation |rho v| is ``radius`` times the perturbed parameters' norm.
@@ -545,15 +554,12 @@ class PhiPsiSAM(torch.optim.Optimizer):
             if len(values) > 1:
                 raise self.Error(f"{key} shapes the whole step, so every param group must have the same "
                                  f"value; got {', '.join(sorted(values))}")
-        n, estimator, difference = first["n_samples"], first["estimator"], first["difference"]
-        if estimator == "auto":
-            estimator = "plugin" if self.ustat is None else "unbiased"
+        estimator, n = self._step_defaults(first["estimator"], first["n_samples"]).values()
+        difference = first["difference"]
         if estimator not in ("unbiased", "plugin"):
             raise self.Error(f"estimator must be 'auto', 'unbiased' or 'plugin', got {estimator!r}")
         if estimator == "unbiased" and self.ustat is None:
             raise self.Error(f"estimator='unbiased' is not available: {self.ustat_unavailable}; use 'plugin'")
-        if n is None:
-            n = self.ustat_order if estimator == "unbiased" else 1
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise self.Error(f"n_samples must be a positive integer, got {n!r}")
         if estimator == "unbiased" and n < self.ustat_order:

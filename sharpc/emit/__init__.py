@@ -35,7 +35,7 @@ from ..errors import OptimizerError
 from ..measure import Measure
 from .printer import torch_code
 
-__all__ = ["UStatistic", "unbiased_estimator", "generate", "group_specs", "emit_module"]
+__all__ = ["UStatistic", "unbiased_estimator", "generate", "group_specs", "emit_module", "recommended"]
 
 #: The sample count in U-statistic expressions.
 N = sp.Symbol("n", positive=True, integer=True)
@@ -136,8 +136,25 @@ def _sampler(distribution: Distribution) -> tuple[str, float]:
     raise OptimizerError(f"the optimizer cannot sample {distribution.describe()}")
 
 
+# ----------------------------------------------------------------------------- defaults
+#: The default relative strength: the weight of log(target) in the objective (see :func:`recommended`).
+RELATIVE_STRENGTH = 0.1
+
+
+def recommended(measure: Measure) -> dict:
+    """Every generated class's default hyperparameters (measured: docs/results.md, benchmarks/delivery.py).
+
+    strength is relative (per unit of the target's running magnitude), so one value serves
+    every target and model size; rho is left to the runtime, which makes |rho v| a fixed
+    fraction of the parameters' norm; random measures take antithetic differences, which
+    cancel the gradient term g.v / rho that one-sided differences feed into psi.
+    """
+    random = any(not g.distribution.deterministic for g in measure.groups)
+    return dict(strength=RELATIVE_STRENGTH, relative=True, difference="antithetic" if random else "one-sided")
+
+
 # ----------------------------------------------------------------------------- source
-def generate(measure: Measure, name: str, recommended: dict | None = None) -> str:
+def generate(measure: Measure, name: str, recommended_overrides: dict | None = None) -> str:
     """Python source defining phi, psi, ustat, scale, offset and ``class <name>(PhiPsiSAM)``."""
     if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_") or name in _taken_names():
         raise OptimizerError(f"{name!r} cannot name a generated optimizer class (it must be an identifier "
@@ -193,7 +210,7 @@ def generate(measure: Measure, name: str, recommended: dict | None = None) -> st
         f"    ustat_order = {ustat.order if ustat else 1}",
         f"    sample_groups = ({specs},)",
         f"    fixed_d = {measure.d!r}",
-        f"    recommended = {dict(recommended or {})!r}",
+        f"    recommended = {recommended(measure) | dict(recommended_overrides or {})!r}",
     ]
     blocks.append("\n".join(lines) + "\n")
     return "\n\n".join(blocks)
