@@ -137,20 +137,28 @@ def _sampler(distribution: Distribution) -> tuple[str, float]:
 
 
 # ----------------------------------------------------------------------------- defaults
-#: The default relative strength: the weight of log(target) in the objective (see :func:`recommended`).
-RELATIVE_STRENGTH = 0.1
+#: The default relative strength of a target of degree 1 in the eigenvalues (see :func:`recommended`).
+RELATIVE_STRENGTH = 0.03
 
 
 def recommended(measure: Measure) -> dict:
     """Every generated class's default hyperparameters (measured: docs/results.md, benchmarks/delivery.py).
 
     strength is relative (per unit of the target's running magnitude), so one value serves
-    every target and model size; rho is left to the runtime, which makes |rho v| a fixed
-    fraction of the parameters' norm; random measures take antithetic differences, which
-    cancel the gradient term g.v / rho that one-sided differences feed into psi.
+    every target and model size; it is divided by the target's degree k in the eigenvalues,
+    since grad log sum(l**k) grows like k. rho is left to the runtime, which makes |rho v| a
+    fixed fraction of the parameters' norm. Random measures take antithetic differences,
+    which cancel the term g.v / rho that one-sided differences feed into psi.
     """
     random = any(not g.distribution.deterministic for g in measure.groups)
-    return dict(strength=RELATIVE_STRENGTH, relative=True, difference="antithetic" if random else "one-sided")
+    return dict(strength=RELATIVE_STRENGTH / _degree(measure), relative=True,
+                difference="antithetic" if random else "one-sided")
+
+
+def _degree(measure: Measure) -> int:
+    """The highest power of Q among the polynomial psi components (E[Q^k] carries l**k), at least 1."""
+    degrees = [sp.Poly(c, t).degree() for c in measure.psi if c.is_polynomial(t)]
+    return max([1, *degrees])
 
 
 # ----------------------------------------------------------------------------- source
