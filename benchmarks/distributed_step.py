@@ -52,13 +52,13 @@ def _make(config: str, model: torch.nn.Module):
         return torch.optim.SGD(ddp.parameters(), **sgd), ddp
     if config == "FrobSAM, naive DDP":
         ddp = torch.nn.parallel.DistributedDataParallel(model)
-        return FrobSAM(ddp.parameters(), seed=0, distributed=None, **sgd), ddp
+        return FrobSAM(ddp.parameters(), seed=0, difference="one-sided", distributed=None, **sgd), ddp
     if config == "FrobSAM sync":
-        return FrobSAM(model.parameters(), seed=0, distributed="sync", **sgd), model
+        return FrobSAM(model.parameters(), seed=0, difference="one-sided", distributed="sync", **sgd), model
     if config == "FrobSAM sync, lean":
-        return FrobSAM(model.parameters(), seed=0, distributed="sync", memory="lean", **sgd), model
+        return FrobSAM(model.parameters(), seed=0, difference="one-sided", distributed="sync", memory="lean", **sgd), model
     if config == "FrobSAM per-rank":
-        return FrobSAM(model.parameters(), seed=0, distributed="per-rank", **sgd), model
+        return FrobSAM(model.parameters(), seed=0, difference="one-sided", distributed="per-rank", **sgd), model
     if config == "SAM sync":
         return SAM(model.parameters(), distributed="sync", **sgd), model
     raise ValueError(config)

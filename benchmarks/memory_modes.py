@@ -40,9 +40,9 @@ CONFIGS = {  # label: (class, options)
     "FrobSAM n=2, sums": (lambda: FrobSAM, dict(n_samples=2, memory="sums")),
     "FrobSAM n=2, lean": (lambda: FrobSAM, dict(n_samples=2, memory="lean")),
     "FrobSAM plug-in n=4 antithetic, sums": (lambda: FrobSAM, dict(n_samples=4, estimator="plugin",
-                                                                   antithetic=True, memory="sums")),
+                                                                   difference="antithetic", memory="sums")),
     "FrobSAM plug-in n=4 antithetic, lean": (lambda: FrobSAM, dict(n_samples=4, estimator="plugin",
-                                                                   antithetic=True, memory="lean")),
+                                                                   difference="antithetic", memory="lean")),
 }
 
 

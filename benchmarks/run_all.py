@@ -149,9 +149,10 @@ def against_algorithm3(repeats: int, inner: int) -> list[tuple]:
     torch.manual_seed(0)
     model, x = mlp()
     y = torch.randint(0, 10, (x.shape[0],))
-    options = dict(rho=0.01, strength=0.001)
-    ours = Run("FrobSAM", 2, model, x, y, lambda p: FrobSAM(p, n_samples=2, seed=0, **options, **SGD))
-    paper = Run("Algorithm 3", 2, model, x, y, lambda p: Algorithm3(p, n=2, seed=0, **options, **SGD))
+    rho, strength = 0.01, 0.001  # Algorithm 3's objective L + strength rho^2 R is sharpc's strength * rho^2
+    ours = Run("FrobSAM", 2, model, x, y, lambda p: FrobSAM(p, n_samples=2, seed=0, rho=rho, strength=strength * rho**2,
+                                                             relative=False, difference="one-sided", **SGD))
+    paper = Run("Algorithm 3", 2, model, x, y, lambda p: Algorithm3(p, n=2, seed=0, rho=rho, strength=strength, **SGD))
     ours.step()
     paper.step()
     gap = max((a - b).abs().max().item() for a, b in zip(ours.model.parameters(), paper.model.parameters()))

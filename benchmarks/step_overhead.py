@@ -94,8 +94,8 @@ def benchmark_model(name: str, build, args) -> list[str]:
     torch.manual_seed(0)
     model, x = build()
     y = torch.randint(0, 10, (x.shape[0],))
-    sgd = dict(lr=0.01, momentum=0.9)
-    baseline = Run("SGD", 0, model, x, y, lambda p: torch.optim.SGD(p, **sgd), style="plain")
+    sgd = dict(lr=0.01, momentum=0.9, difference="one-sided")  # n + 1 passes: the unit the ratios use
+    baseline = Run("SGD", 0, model, x, y, lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9), style="plain")
     runs = [baseline]
     for n in args.samples:
         runs.append(Run("TraceSAM", n, model, x, y, lambda p, n=n: TraceSAM(p, n_samples=n, seed=0, **sgd)))

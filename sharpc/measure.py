@@ -178,7 +178,7 @@ class Measure:
         return verify(self, **options)
 
     def optimizer_class(self, name: str | None = None):
-        """A ``torch.optim.Optimizer`` subclass minimizing L + strength * rho^2 * R_rho."""
+        """A ``torch.optim.Optimizer`` subclass minimizing L + strength * target (estimated at radius rho)."""
         from .optim import optimizer_class
 
         return optimizer_class(self, name=name)

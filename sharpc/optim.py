@@ -5,17 +5,14 @@ the measure (our own generated code, never user text) on top of :mod:`sharpc.run
 the standalone module of :mod:`sharpc.emit.standalone` contains exactly that source.
 The presets are built on first access, so importing this module compiles nothing.
 
-Presets and their defaults (override any of them in the constructor):
+Presets (every class's defaults are :func:`sharpc.emit.recommended`; a preset overrides some):
 
-    SAM       phi = psi = identity, mu = delta(grad / |grad|), Appendix H   rho 0.05, strength 1,     n 1
-    TraceSAM  compile("sum(l)"): sphere, E[Q] = tr(H) / (2d)                rho 0.05, strength 1,     n 1
-    FrobSAM   compile("sum(l**2)"): Gaussian, 2 (E[Q^2] - E[Q]^2)           rho 0.01, strength 0.001, n 2
-    DetSAM    compile("prod(l)", det_sampling="hypercube", half_width=0.01)  rho 1,    strength 0.1,   n 1
+    SAM       phi = psi = identity, mu = delta(grad / |grad|), Appendix H   rho 0.05, strength 1, absolute
+    TraceSAM  compile("sum(l)"): sphere, E[Q] = tr(H) / (2d)                the defaults
+    FrobSAM   compile("sum(l**2)"): Gaussian, 2 (E[Q^2] - E[Q]^2)           the defaults
+    DetSAM    compile("prod(l)", det_sampling="hypercube", half_width=0.01)  rho 1 (the cube sets the scale)
 
-SAM with strength 1 is textbook SAM (the gradient at x + rho g/|g|); TraceSAM with
-strength 1 descends the average loss over the sphere of radius rho; FrobSAM and DetSAM
-take the middle of the paper's sweeps (Appendix O; Det-SAM samples the cube of side
-0.02 at rho = 1).
+SAM's target is rho**2 S = L(x + rho g/|g|) - L(x), so strength 1 is textbook SAM.
 """
 
 from __future__ import annotations
