@@ -69,6 +69,10 @@ class GroupSpec:
         """One sample is the whole distribution: more would repeat it."""
         return self.kind in ("dirac", "point")
 
+    def count(self, n_samples: int) -> int:
+        """Samples this group takes per step: n_samples, or one for a point mass."""
+        return 1 if self.deterministic else n_samples
+
 
 # ----------------------------------------------------------------------------- sampling
 def draw_(kind: str, tensors: list, generator: torch.Generator | None = None,
@@ -445,8 +449,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
                 dropped scale and offset folded back), the target estimated at radius rho.
             relative: divide strength by a running mean of |target| (bias-corrected, decay
                 0.99), so strength is the weight of log target, whatever the target's size.
-            n_samples: samples per sample group and step (cost: 1 + groups * n passes, twice
-                that with difference="antithetic").
+            n_samples: samples per random sample group and step (a point mass takes one);
+                cost 1 + groups * n passes, twice that with difference="antithetic".
             estimator: "unbiased" (U-statistic; polynomial phi and psi only), "plugin"
                 (phi of the sample means, the paper's Algorithm 2) or "auto" (unbiased when available).
             difference: how Delta estimates Q = v^T H v / 2: "one-sided" (L(x + rho v) - L(x))
@@ -575,8 +579,6 @@ class PhiPsiSAM(torch.optim.Optimizer):
             raise self.Error(f"the unbiased estimator of {self.target!r} averages over {self.ustat_order} "
                              f"distinct samples, so n_samples must be >= {self.ustat_order} (got {n}); "
                              "or use estimator='plugin'")
-        if n != 1 and any(g.deterministic for g in self.sample_groups):
-            raise self.Error("a point-mass (Dirac) sample group is deterministic: n_samples must be 1")
         if difference not in DIFFERENCES:
             raise self.Error(f"difference must be one of {', '.join(map(repr, DIFFERENCES))}, got {difference!r}")
         if not isinstance(first["relative"], bool):
@@ -795,8 +797,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
         deltas = []
         for a, group in enumerate(self.sample_groups):
             group_deltas = []
-            for i in range(s.cfg.n_samples):
-                s.where = f"perturbed point {i + 1} of {s.cfg.n_samples} (sample group {a})"
+            for i in range(group.count(s.cfg.n_samples)):
+                s.where = f"perturbed point {i + 1} of {group.count(s.cfg.n_samples)} (sample group {a})"
                 linear = self._perturb(group, s, g0_of, linear=s.cfg.difference == "control")
                 delta, direction = self._perturbed_pass(closure, s, loss0, stash, linear)
                 for slot, weight in self._weights(a, delta, d, s.cfg):
@@ -858,8 +860,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
         s.start = self.generator.get_state()
         local, antithetic, control = [loss0], s.cfg.difference == "antithetic", s.cfg.difference == "control"
         for a, group in enumerate(self.sample_groups):
-            for i in range(s.cfg.n_samples):
-                s.where = f"perturbed point {i + 1} of {s.cfg.n_samples} (sample group {a})"
+            for i in range(group.count(s.cfg.n_samples)):
+                s.where = f"perturbed point {i + 1} of {group.count(s.cfg.n_samples)} (sample group {a})"
                 s.linear.append(self._perturb(group, s, g0_of, linear=control))
                 local.append(self._forward(closure, s))
                 if antithetic:
@@ -874,9 +876,9 @@ class PhiPsiSAM(torch.optim.Optimizer):
         loss0, rest, linear = s.losses[0], iter(s.losses[1:]), iter(s.linear)
         d = loss0.new_full((), s.d)
         deltas = []
-        for _ in self.sample_groups:
+        for group in self.sample_groups:
             group_deltas = []
-            for _ in range(s.cfg.n_samples):
+            for _ in range(group.count(s.cfg.n_samples)):
                 loss = next(rest)
                 if antithetic:
                     loss = (loss + next(rest)) / 2
@@ -904,7 +906,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
             # A Dirac group comes first: its direction reads g0 before .grad is rescaled.
             for a in sorted(range(len(self.sample_groups)), key=lambda a: self.sample_groups[a].kind != "dirac"):
                 for i, w in enumerate(s.weights[a]):
-                    s.where = f"perturbed point {i + 1} of {s.cfg.n_samples} (sample group {a}, weighted pass)"
+                    s.where = f"perturbed point {i + 1} of {len(s.weights[a])} (sample group {a}, weighted pass)"
                     self._perturb(self.sample_groups[a], s, g0_of)
                     if not rescaled:
                         for strength, index in _by_strength(s):
@@ -1016,13 +1018,13 @@ class PhiPsiSAM(torch.optim.Optimizer):
         """
         n = cfg.n_samples
         if cfg.estimator == "plugin":
-            means = [None] * self.m
+            means, counts = [None] * self.m, [1] * self.m
             for group, samples in zip(self.sample_groups, deltas):
                 values = self.psi(samples, d)
                 for c in group.components:
-                    means[c] = values[c].mean()
+                    means[c], counts[c] = values[c].mean(), len(samples)
             value, slopes = _value_and_grad(self.phi, torch.stack(means), d)
-            slopes = slopes / n
+            slopes = slopes / slopes.new_tensor(counts)
         else:
             sums = torch.stack([(deltas[a] ** k).sum() for a, k in self.power_sums])
             value, slopes = _value_and_grad(self.ustat, sums, n, d)

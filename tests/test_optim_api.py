@@ -71,7 +71,6 @@ def test_constructor_rejects_what_it_cannot_do():
         (lambda: FrobSAM(params, n_samples=0, estimator="plugin"), "positive integer"),
         (lambda: FrobSAM(params, estimator="bias"), "estimator must be"),
         (lambda: DetSAM(params, estimator="unbiased"), "not a polynomial"),
-        (lambda: SAM(params, n_samples=2), "n_samples must be 1"),
         (lambda: FrobSAM(params, nonfinite="warn"), "nonfinite must be"),
         (lambda: sharpc.compile("sum(l**2)", d=3).optimizer_class()(params, rho=0.1, strength=1.0),
          "compiled for d=3"),

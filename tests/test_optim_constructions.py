@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import sympy as sp
 import torch
 
 import sharpc
 from sharpc.derive import Request, derive
+from sharpc.distributions import DiracAt, Gaussian, t
+from sharpc.measure import Measure, SampleGroup, phi_symbols
 from sharpc.spectral import HEntry, hessian_matrix
 
 
@@ -43,11 +46,32 @@ def test_dirac_measures_read_the_hessian_exactly(target):
     assert opt.sharpness.item() == pytest.approx(expected, rel=1e-9, abs=1e-12)
 
 
-def test_dirac_components_need_one_sample():
-    measure = derive(Request("H[0, 1]", HEntry(0, 1), d=2))
-    x, _ = quadratic(spd(2, 1), torch.zeros(2, dtype=torch.float64))
-    with pytest.raises(sharpc.OptimizerError, match="n_samples must be 1"):
-        measure.optimizer_class()([x], rho=0.1, strength=0.0, n_samples=2, lr=0.0)
+def test_point_groups_take_one_sample_and_random_groups_n():
+    """Per-group sample counts: H[0, 0] (a Dirac point) + sum(l**2) (Gaussian) with n_samples = 3."""
+    t1, t2, t3 = phi_symbols(3)  # Q(e_0) = H_00 / 2; 2 (E[Q^2] - E[Q]^2) = p2 under N(0, I)
+    measure = Measure(source="H[0, 0] + sum(l**2)", target=sp.Integer(0), d=2, phi=2 * t1 + 2 * (t3 - t2**2),
+                      psi=(t, t, t**2), groups=(SampleGroup(DiracAt((0,)), (0,)), SampleGroup(Gaussian(), (1, 2))),
+                      strategy="by-hand", steps=())
+    a = spd(2, 1)
+    x, closure = quadratic(a, torch.zeros(2, dtype=torch.float64))
+    calls = []
+
+    def counted():
+        calls.append(1)
+        return closure()
+
+    opt = measure.optimizer_class()([x], rho=0.1, strength=0.0, n_samples=3, lr=0.0, seed=0,
+                                    difference="one-sided", estimator="plugin")
+    estimates = []
+    for _ in range(120):
+        calls.clear()
+        opt.step(counted)
+        assert len(calls) == 1 + 1 + 3  # the clean pass, the point once, three Gaussian samples
+        estimates.append(opt.sharpness.item())
+    mean, se = np.mean(estimates), np.std(estimates, ddof=1) / np.sqrt(len(estimates))
+    p2 = (np.linalg.eigvalsh(a.numpy()) ** 2).sum()
+    expected = a[0, 0].item() + p2 * 2 / 3  # the plug-in covariance has mean (n - 1) / n of p2
+    assert abs(mean - expected) < 5 * se, (mean, expected, se)
 
 
 def test_spectral_max_optimizer_tracks_the_top_eigenvalue():
