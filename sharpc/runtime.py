@@ -387,7 +387,7 @@ class _Step:
     rhos: list                          # each perturbed parameter's group rho
     adapt: list                         # each perturbed parameter's (adaptive, eta) from its group
     strengths: dict                     # id(parameter) -> its group's strength
-    where: str = "the unperturbed point"
+    where: str = "unperturbed point"
     losses: list = field(default_factory=list)       # every pass's loss (the global mean in sync mode)
     active: list = field(default_factory=list)       # parameters with a gradient
     stats_clean: list = field(default_factory=list)
@@ -396,6 +396,7 @@ class _Step:
     acc: list = field(default_factory=list)          # memory="sums": one running sum per slot
     weights: list = field(default_factory=list)      # memory="lean": W[group][i], the weight of g_i
     linear: list = field(default_factory=list)       # difference="control": g0 . e of each perturbed point
+    generator_before: Any = None                     # the perturbation generator's state: a failed step leaves it
     start: Any = None                                # memory="lean": the generator state before the draws
 
 
@@ -692,6 +693,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
                   rhos=[float(g["rho"]) for g in groups],
                   adapt=[(bool(g["adaptive"]), float(g["eta"])) for g in groups],
                   strengths={id(p): float(g["strength"]) for g in self.param_groups for p in g["params"]})
+        s.generator_before = self.generator.get_state()
         for p in trainable:
             p.grad = None
         lean = self.memory == "lean"
@@ -745,8 +747,11 @@ class PhiPsiSAM(torch.optim.Optimizer):
         """
         check = self.nonfinite != "ignore"
         if check or self._ranks.mode == "per-rank":
-            # (not the estimate itself: a determinant's scale may overflow while the step is sound)
-            finite = torch.isfinite(torch.stack(s.losses)).all() & torch.isfinite(coefficients).all()
+            # (not the estimate itself: a determinant's scale may overflow while the step is sound);
+            # gradients too: g0 and the accumulators (memory="sums"), or g0 (memory="lean")
+            grads = [*s.flat, *(t for acc in s.acc for t in acc)] or [p.grad for p in s.active]
+            finite = torch.isfinite(torch.stack(s.losses)).all() & torch.isfinite(coefficients).all() \
+                & torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
         if self._ranks.mode == "per-rank":
             shared = torch.stack([loss0, sharpness.to(loss0.dtype), (~finite).to(loss0.dtype)])
             self._ranks.mean_([shared])
@@ -775,7 +780,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         elif self._ranks.mode == "per-rank":
             what = "a non-finite loss, sharpness estimate or phi' on some rank"
         else:
-            what = ("a non-finite phi' (the means left phi's domain) or target scale (overflow: "
+            what = ("a non-finite gradient, phi' (the means left phi's domain) or target scale (overflow: "
                     "use relative=True)")
         return self.Error(f"{what}; parameters restored to their pre-step values "
                           "(nonfinite='skip' skips such steps instead)")
@@ -1046,8 +1051,13 @@ class PhiPsiSAM(torch.optim.Optimizer):
                 p.grad = None
 
     def _undo(self, s: _Step) -> None:
-        """Put parameters, running statistics and the global RNG back as they were before the step."""
+        """Put parameters, running statistics and both RNGs back as they were before the step.
+
+        A retried step therefore draws the same perturbations and dropout masks.
+        """
         torch._foreach_copy_(s.perturbed, s.backup)
+        if s.generator_before is not None:
+            self.generator.set_state(s.generator_before)
         if s.stats:
             torch._foreach_copy_(s.stats, s.stats_before)
         for p in s.trainable:

@@ -4,12 +4,13 @@ And a step never reads device values on the host (except the one documented fini
 from __future__ import annotations
 
 import contextlib
+import copy
 from unittest import mock
 
 import pytest
 import torch
 
-from _optim_helpers import tiny_mlp
+from _optim_helpers import make_closure, tiny_mlp
 from sharpc import OptimizerError
 from sharpc.optim import FrobSAM, SAM
 
@@ -161,3 +162,39 @@ def test_a_cuda_step_makes_no_synchronizing_call():
         opt.step(closure)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("memory", ["sums", "lean"])
+def test_a_non_finite_gradient_with_a_finite_loss_is_caught(memory):
+    """sqrt(0 * w) is 0, but its gradient is NaN: the loss check alone would let it through."""
+    model, x, y = tiny_mlp()
+    opt = FrobSAM(model.parameters(), lr=0.1, seed=0, memory=memory)
+    before = snapshot(model)
+    calls = []
+
+    def closure():
+        calls.append(1)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        if len(calls) == 1:
+            loss = loss + torch.sqrt(0 * model[0].weight.sum())
+        if torch.is_grad_enabled():
+            loss.backward()
+        return loss
+
+    with pytest.raises(OptimizerError, match="non-finite gradient"):
+        opt.step(closure)
+    assert_untouched(model, before, opt)
+
+
+def test_a_retried_step_draws_the_same_perturbations():
+    model, x, y = tiny_mlp()
+    reference = copy.deepcopy(model)
+    seen, expected = [], []
+    opt = FrobSAM(model.parameters(), lr=0.1, seed=4)
+    with pytest.raises(OptimizerError):
+        opt.step(faulty_closure(model, x, y, 3, "raise"))
+    opt.step(make_closure(model, x, y, seen))
+    FrobSAM(reference.parameters(), lr=0.1, seed=4).step(make_closure(reference, x, y, expected))
+    assert len(seen) == len(expected) == 5
+    for a, b in zip(seen, expected):
+        assert all(torch.equal(p, q) for p, q in zip(a, b))
