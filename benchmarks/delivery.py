@@ -13,10 +13,12 @@ the final parameters on the whole training set:
     python benchmarks/delivery.py                   # 3 seeds, both tasks, the full sweep
     python benchmarks/delivery.py --quick           # 1 seed, short training, defaults only
     python benchmarks/delivery.py --task mlp --targets trace Frobenius --strengths 0.1 1
+    python benchmarks/delivery.py --from out/a.json out/b.json --plot docs/results/delivery.png
 
 It prints a Markdown table (median over seeds of target / base optimizer's target, and the
-accuracy difference in points) and writes JSON with every run next to ``--out``; the plot
-comes from ``--plot``. docs/results.md records the figures.
+accuracy difference in points), writes every run as JSON to ``--out``, and with ``--plot`` a
+figure of the default runs; ``--from`` tabulates saved runs instead of training. The figures in
+docs/results.md come from it.
 """
 
 from __future__ import annotations
@@ -166,6 +168,33 @@ def table(runs: list[Run], targets: list[str]) -> str:
     return "\n".join(lines)
 
 
+def plot(runs: list[Run], path: str) -> None:
+    """Each target's ratio to SGD (and SAM's, for comparison) per task, one dot per seed: the default runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r.task for r in runs})
+    targets = [t for t in TARGETS if any(r.optimizer == t and r.strength is None for r in runs)]
+    figure, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        base = {r.seed: r for r in runs if r.task == task and r.optimizer == "SGD"}
+        for i, target in enumerate(targets):
+            for j, (name, color) in enumerate(((target, "tab:blue"), ("SAM", "tab:grey"))):
+                group = [r for r in runs if (r.task, r.optimizer, r.strength) == (task, name, None) and r.seed in base]
+                ratios = [r.targets[target][0] / base[r.seed].targets[target][0] for r in group]
+                ax.scatter([i + 0.15 * (2 * j - 1)] * len(ratios), ratios, color=color,
+                           label=("compiled from the target" if j == 0 else "SAM") if i == 0 else None)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.axhline(0.8, color="black", linewidth=0.8, linestyle=":")
+        ax.set_xticks(range(len(targets)), [t.replace(" of ", "\nof ") for t in targets], fontsize=7)
+        ax.set(title=f"{task}: target at the end / SGD's (defaults)", ylabel="ratio")
+        ax.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", nargs="+", default=list(TASKS), choices=list(TASKS))
@@ -176,7 +205,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--quick", action="store_true", help="1 seed, 3 epochs, defaults only")
     parser.add_argument("--out", default="out/delivery.json")
+    parser.add_argument("--from", dest="saved", nargs="+", help="tabulate these saved JSON files instead")
+    parser.add_argument("--plot", help="write a figure of the default runs here")
     args = parser.parse_args()
+    if args.saved:
+        runs = [Run(**r) for path in args.saved for r in json.load(open(path))["runs"]]
+        print(table(runs, args.targets))
+        if args.plot:
+            plot(runs, args.plot)
+        return
     if args.quick:
         args.seeds, args.epochs, args.strengths = 1, 3, []
     jobs = [(task, name, strength, seed, args.epochs)
@@ -193,6 +230,8 @@ def main() -> None:
     with open(args.out, "w") as f:
         json.dump({"args": vars(args), "runs": [asdict(r) for r in runs]}, f, indent=1)
     print(table(runs, args.targets))
+    if args.plot:
+        plot(runs, args.plot)
 
 
 if __name__ == "__main__":

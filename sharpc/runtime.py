@@ -331,6 +331,9 @@ _FALLBACK = dict(strength=1.0, relative=False, n_samples=None, estimator="auto",
 #: Measured on the digits MLP (docs/results.md): 0.005 and 0.05 let the regularizer's noise
 #: raise the targets; 0.2 lowers them, 0.5 most, at equal accuracy.
 DEFAULT_RADIUS = 0.5
+#: The same for measures without a random group (Dirac points read Hessian entries as rho -> 0,
+#: with no sampling noise to average out, so a small radius keeps them near exact).
+POINT_RADIUS = 0.01
 
 
 @dataclass(frozen=True)
@@ -550,7 +553,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         random = [g for g in self.sample_groups if not g.deterministic]
         kind, half_width = (random[0].kind, random[0].half_width) if random else ("sphere", 1.0)
         typical = {"gaussian": d ** 0.5, "hypercube": half_width * (d / 3) ** 0.5}.get(kind, 1.0)
-        return self.recommended.get("radius", DEFAULT_RADIUS) * norm / typical
+        return self.recommended.get("radius", DEFAULT_RADIUS if random else POINT_RADIUS) * norm / typical
 
     def _settings(self) -> _Settings:
         """The step's hyperparameters, read from the param groups and checked."""
