@@ -751,10 +751,12 @@ class PhiPsiSAM(torch.optim.Optimizer):
         check = self.nonfinite != "ignore"
         if check or self._ranks.mode == "per-rank":
             # (not the estimate itself: a determinant's scale may overflow while the step is sound);
-            # gradients too: g0 and the accumulators (memory="sums"), or g0 (memory="lean")
-            grads = [*s.flat, *(t for acc in s.acc for t in acc)] or [p.grad for p in s.active]
-            finite = torch.isfinite(torch.stack(s.losses)).all() & torch.isfinite(coefficients).all() \
-                & torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
+            # gradients too: g0 and the accumulators (memory="sums"), or g0 (memory="lean"), unless a
+            # GradScaler owns overflow: its scaled gradients may overflow, and it skips the step then
+            finite = torch.isfinite(torch.stack(s.losses)).all() & torch.isfinite(coefficients).all()
+            if self.grad_scaler is None or not self.grad_scaler.is_enabled():
+                grads = [*s.flat, *(t for acc in s.acc for t in acc)] or [p.grad for p in s.active]
+                finite &= torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
         if self._ranks.mode == "per-rank":
             shared = torch.stack([loss0, sharpness.to(loss0.dtype), (~finite).to(loss0.dtype)])
             self._ranks.mean_([shared])

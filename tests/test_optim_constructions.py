@@ -79,7 +79,7 @@ def test_spectral_max_optimizer_tracks_the_top_eigenvalue():
     a = spd(3, 2)
     x, closure = quadratic(a, torch.zeros(3, dtype=torch.float64))
     opt = measure.optimizer_class()([x], rho=0.05, strength=0.0, n_samples=4000, lr=0.0, seed=0,
-                                    estimator="plugin")
+                                    difference="one-sided", estimator="plugin")
     values = []
     for _ in range(10):
         opt.zero_grad()
