@@ -40,8 +40,9 @@ from torch import nn  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 
-import sharpc  # noqa: E402
 from _digits import accuracy, digits  # noqa: E402
+
+import sharpc  # noqa: E402
 from sharpc import hessian  # noqa: E402
 from sharpc.optim import SAM  # noqa: E402
 
@@ -55,11 +56,11 @@ TARGETS = {
 }
 #: The same targets in numpy, at an exact spectrum (an oracle independent of the parser).
 AT_SPECTRUM = {
-    "trace": lambda l: l.sum(),
-    "Frobenius": lambda l: (l**2).sum(),
-    "fourth power sum": lambda l: (l**4).sum(),
-    "mixed polynomial": lambda l: (l**2).sum() + l.sum() ** 2,
-    "log-det of I + H/10": lambda l: torch.log1p(l / 10).sum(),
+    "trace": lambda ev: ev.sum(),
+    "Frobenius": lambda ev: (ev**2).sum(),
+    "fourth power sum": lambda ev: (ev**4).sum(),
+    "mixed polynomial": lambda ev: (ev**2).sum() + ev.sum() ** 2,
+    "log-det of I + H/10": lambda ev: torch.log1p(ev / 10).sum(),
 }
 #: Relative strengths swept besides the defaults.
 STRENGTHS = (0.03, 0.3, 1.0)
@@ -85,13 +86,24 @@ class Run:
     task: str
     optimizer: str          # "SGD", "SAM", or a target name
     strength: float | None  # None: the class's defaults
+    options: str            # other constructor options, as "key=value,..." ("" for none)
     seed: int
     accuracy: float
     targets: dict           # target name -> (value, stderr)
     seconds: float
 
 
-def make_optimizer(name: str, strength: float | None, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+def parse_options(text: str) -> dict:
+    """"difference=one-sided,n_samples=2" -> {"difference": "one-sided", "n_samples": 2}."""
+    options = {}
+    for item in filter(None, text.split(",")):
+        key, value = item.split("=")
+        options[key] = json.loads(value) if value[:1].isdigit() or value in ("true", "false") else value
+    return options
+
+
+def make_optimizer(name: str, strength: float | None, options: str, model: nn.Module,
+                   lr: float) -> torch.optim.Optimizer:
     base = dict(lr=lr, momentum=0.9)
     if name == "SGD":
         return torch.optim.SGD(model.parameters(), **base)
@@ -99,7 +111,7 @@ def make_optimizer(name: str, strength: float | None, model: nn.Module, lr: floa
         return SAM(model.parameters(), base_optimizer=torch.optim.SGD, **base)
     cls = sharpc.compile(TARGETS[name]).optimizer_class()
     extra = {} if strength is None else dict(strength=strength)
-    return cls(model.parameters(), base_optimizer=torch.optim.SGD, **base, **extra)
+    return cls(model.parameters(), base_optimizer=torch.optim.SGD, **base, **extra, **parse_options(options))
 
 
 #: Training examples the cnn's Hessian is estimated on (every HVP is a double backward over them).
@@ -118,7 +130,7 @@ def measure(task: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed:
     trace = hessian.hutchinson_trace(op, probes=150, generator=generator)
     frobenius = hessian.frobenius_squared(op, probes=40, generator=generator)
     fourth = hessian.power_sum(op, 4, probes=40, generator=generator)
-    logdet = hessian.slq(op, probes=15, iterations=20, generator=generator).trace(lambda l: torch.log1p(l / 10))
+    logdet = hessian.slq(op, probes=15, iterations=20, generator=generator).trace(lambda ev: torch.log1p(ev / 10))
     # p2 + p1^2, unbiased: E[t^2] = p1^2 + se^2 for an unbiased t; delta-method standard error
     mixed = (frobenius.value + trace.value**2 - trace.stderr**2,
              math.hypot(frobenius.stderr, 2 * trace.value * trace.stderr))
@@ -127,13 +139,13 @@ def measure(task: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed:
             "log-det of I + H/10": (logdet.value, logdet.stderr)}
 
 
-def train(task: str, optimizer: str, strength: float | None, seed: int, epochs: int, lr: float = 0.05,
-          batch: int = 64) -> Run:
+def train(task: str, optimizer: str, strength: float | None, options: str, seed: int, epochs: int,
+          lr: float = 0.05, batch: int = 64) -> Run:
     start = time.perf_counter()
     x, y, x_test, y_test = digits()
     torch.manual_seed(seed)
     model = TASKS[task]()
-    opt = make_optimizer(optimizer, strength, model, lr)
+    opt = make_optimizer(optimizer, strength, options, model, lr)
     order = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         for index in torch.randperm(len(x), generator=order).split(batch):
@@ -144,8 +156,8 @@ def train(task: str, optimizer: str, strength: float | None, seed: int, epochs: 
 
             opt.zero_grad()
             opt.step(closure)
-    return Run(task, optimizer, strength, seed, accuracy(model, x_test, y_test), measure(task, model, x, y, seed),
-               time.perf_counter() - start)
+    return Run(task, optimizer, strength, options, seed, accuracy(model, x_test, y_test),
+               measure(task, model, x, y, seed), time.perf_counter() - start)
 
 
 def _job(args: tuple) -> Run:
@@ -157,20 +169,20 @@ def table(runs: list[Run], targets: list[str]) -> str:
     """Median over seeds of target / the base optimizer's target (same task, seed), and accuracy change."""
     base = {(r.task, r.seed): r for r in runs if r.optimizer == "SGD"}
     sam = {(r.task, r.seed): r for r in runs if r.optimizer == "SAM"}
-    lines = ["| task | optimizer | strength | target | ratio to SGD (median) | ratio to SAM | "
-             "accuracy vs SGD (points) | seeds |", "|---|---|---|---|---|---|---|---|"]
-    keys = sorted({(r.task, r.optimizer, r.strength) for r in runs if r.optimizer not in ("SGD",)},
-                  key=lambda k: (k[0], k[1] != "SAM", k[1], -1 if k[2] is None else k[2]))
-    for task, name, strength in keys:
-        group = [r for r in runs if (r.task, r.optimizer, r.strength) == (task, name, strength)]
+    lines = ["| task | optimizer | strength | options | target | ratio to SGD (median) | ratio to SAM | "
+             "accuracy vs SGD (points) | seeds |", "|---|---|---|---|---|---|---|---|---|"]
+    keys = sorted({(r.task, r.optimizer, r.strength, r.options) for r in runs if r.optimizer not in ("SGD",)},
+                  key=lambda k: (k[0], k[1] != "SAM", k[1], -1 if k[2] is None else k[2], k[3]))
+    for task, name, strength, options in keys:
+        group = [r for r in runs if (r.task, r.optimizer, r.strength, r.options) == (task, name, strength, options)]
         for target in ([name] if name in targets else targets):
             ratio = statistics.median(r.targets[target][0] / base[task, r.seed].targets[target][0] for r in group)
             vs_sam = statistics.median(r.targets[target][0] / sam[task, r.seed].targets[target][0] for r in group
                                        if (task, r.seed) in sam) if name != "SAM" and sam else math.nan
             points = statistics.median(100 * (r.accuracy - base[task, r.seed].accuracy) for r in group)
             label = "default" if strength is None else f"{strength:g}"
-            lines.append(f"| {task} | {name} | {label} | {target} | {ratio:.3f} | {vs_sam:.3f} | {points:+.1f} | "
-                         f"{len(group)} |")
+            lines.append(f"| {task} | {name} | {label} | {options or '-'} | {target} | {ratio:.3f} | {vs_sam:.3f} | "
+                         f"{points:+.1f} | {len(group)} |")
     return "\n".join(lines)
 
 
@@ -188,7 +200,8 @@ def plot(runs: list[Run], path: str) -> None:
         base = {r.seed: r for r in runs if r.task == task and r.optimizer == "SGD"}
         for i, target in enumerate(targets):
             for j, (name, color) in enumerate(((target, "tab:blue"), ("SAM", "tab:grey"))):
-                group = [r for r in runs if (r.task, r.optimizer, r.strength) == (task, name, None) and r.seed in base]
+                group = [r for r in runs if (r.task, r.optimizer, r.strength, r.options) == (task, name, None, "")
+                         and r.seed in base]
                 ratios = [r.targets[target][0] / base[r.seed].targets[target][0] for r in group]
                 ax.scatter([i + 0.15 * (2 * j - 1)] * len(ratios), ratios, color=color,
                            label=("compiled from the target" if j == 0 else "SAM") if i == 0 else None)
@@ -206,32 +219,37 @@ def main() -> None:
     parser.add_argument("--task", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     parser.add_argument("--strengths", nargs="*", type=float, default=list(STRENGTHS))
+    parser.add_argument("--options", nargs="+", default=[""],
+                        help='constructor options per variant, e.g. "difference=one-sided,n_samples=2"')
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--no-baselines", action="store_true", help="skip the SGD and SAM runs")
     parser.add_argument("--quick", action="store_true", help="1 seed, 3 epochs, defaults only")
     parser.add_argument("--out", default="out/delivery.json")
     parser.add_argument("--from", dest="saved", nargs="+", help="tabulate these saved JSON files instead")
     parser.add_argument("--plot", help="write a figure of the default runs here")
     args = parser.parse_args()
     if args.saved:
-        runs = [Run(**r) for path in args.saved for r in json.load(open(path))["runs"]]
+        runs = [Run(**{"options": "", **r}) for path in args.saved for r in json.load(open(path))["runs"]]
         print(table(runs, args.targets))
         if args.plot:
             plot(runs, args.plot)
         return
     if args.quick:
         args.seeds, args.epochs, args.strengths = 1, 3, []
-    jobs = [(task, name, strength, seed, args.epochs)
+    baselines = [] if args.no_baselines else [("SGD", None, ""), ("SAM", None, "")]
+    jobs = [(task, name, strength, options, seed, args.epochs)
             for task in args.task for seed in range(args.seeds)
-            for name, strength in [("SGD", None), ("SAM", None)]
-            + [(t, s) for t in args.targets for s in [None, *args.strengths]]]
+            for name, strength, options in baselines
+            + [(t, s, o) for t in args.targets for s in [None, *args.strengths] for o in args.options]]
     runs = []
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with concurrent.futures.ProcessPoolExecutor(args.workers) as pool:
         for i, run in enumerate(pool.map(_job, jobs), 1):
             runs.append(run)
-            print(f"[{i}/{len(jobs)}] {run.task} {run.optimizer} strength={run.strength} seed={run.seed}: "
+            print(f"[{i}/{len(jobs)}] {run.task} {run.optimizer} strength={run.strength} {run.options} "
+                  f"seed={run.seed}: "
                   f"acc {run.accuracy:.3f}, {run.seconds:.0f} s", file=sys.stderr, flush=True)
             with open(args.out, "w") as f:  # after every run: an interrupted benchmark keeps what it measured
                 json.dump({"args": vars(args), "runs": [asdict(r) for r in runs]}, f, indent=1)

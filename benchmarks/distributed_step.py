@@ -56,7 +56,8 @@ def _make(config: str, model: torch.nn.Module):
     if config == "FrobSAM sync":
         return FrobSAM(model.parameters(), seed=0, difference="one-sided", distributed="sync", **sgd), model
     if config == "FrobSAM sync, lean":
-        return FrobSAM(model.parameters(), seed=0, difference="one-sided", distributed="sync", memory="lean", **sgd), model
+        return (FrobSAM(model.parameters(), seed=0, difference="one-sided", distributed="sync", memory="lean", **sgd),
+                model)
     if config == "FrobSAM per-rank":
         return FrobSAM(model.parameters(), seed=0, difference="one-sided", distributed="per-rank", **sgd), model
     if config == "SAM sync":

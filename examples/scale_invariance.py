@@ -26,7 +26,6 @@ from tqdm import tqdm  # noqa: E402
 
 import sharpc  # noqa: E402
 
-
 #: Algorithm 2 as the paper states it: an absolute strength and one-sided differences.
 PLAIN = dict(relative=False, difference="one-sided")
 

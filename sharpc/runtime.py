@@ -221,6 +221,11 @@ def _grads(params: list) -> list:
     return [p.grad for p in params]
 
 
+def _scaled_by(weight: list, factor: float) -> Callable:
+    """A gradient hook multiplying by ``weight[0] * factor`` (weight[0] changes from pass to pass)."""
+    return lambda g: g * (weight[0] * factor)
+
+
 def _materialized(group: Any) -> Any:
     """A param-group dict whose params are a list (a generator can be read only once)."""
     if not isinstance(group, dict):
@@ -909,7 +914,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         g0_of = {id(p): g for p, g in zip(s.active, grads)}
         total = sum(w for group in s.weights for w in group)
         weight = [None]
-        hooks = [p.register_hook(lambda g, f=s.strengths[id(p)]: g * (weight[0] * f)) for p in s.trainable]
+        hooks = [p.register_hook(_scaled_by(weight, s.strengths[id(p)])) for p in s.trainable]
         self.generator.set_state(s.start)
         rescaled, antithetic = False, s.cfg.difference == "antithetic"
         try:

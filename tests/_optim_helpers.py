@@ -14,7 +14,6 @@ from sharpc.distributions import Gaussian, Sphere, t
 from sharpc.measure import Measure, SampleGroup, phi_symbols
 from sharpc.spectral import D, EProd, ESum, lam
 
-
 #: The paper's Algorithm 2 as written: absolute strength, one-sided differences.
 PLAIN = dict(relative=False, difference="one-sided")
 

@@ -161,7 +161,8 @@ def single_process(name):
 
 
 # ----------------------------------------------------------------------------- sync mode
-@pytest.mark.parametrize("name", ["frob", "frob_ddp", "frob_lean", "sam", "sam_lean_ddp", "trace_antithetic", "trace_control"])
+@pytest.mark.parametrize("name", ["frob", "frob_ddp", "frob_lean", "sam", "sam_lean_ddp", "trace_antithetic",
+                                  "trace_control"])
 def test_sync_ranks_agree_with_one_process_on_the_global_batch(ranks, name):
     first, second = (r[name] for r in ranks)
     assert first["mode"] == second["mode"] == "sync"

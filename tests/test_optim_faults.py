@@ -9,10 +9,10 @@ from unittest import mock
 
 import pytest
 import torch
-
 from _optim_helpers import make_closure, tiny_mlp
+
 from sharpc import OptimizerError
-from sharpc.optim import FrobSAM, SAM
+from sharpc.optim import SAM, FrobSAM
 
 
 def faulty_closure(model, x, y, bad_call, fault):

@@ -13,8 +13,8 @@ import copy
 import numpy as np
 import pytest
 import torch
-
 from _optim_helpers import PLAIN, frobenius, make_closure, mean_and_se, symmetric, tiny_mlp, trace_sphere
+
 import sharpc
 from sharpc import OptimizerError
 from sharpc.optim import FrobSAM, TraceSAM, optimizer_class
