@@ -87,7 +87,7 @@ def _compiled(expression: str, **options: Any) -> Callable[[], Measure]:
 
 #: Each preset's measure and the defaults it overrides in :func:`sharpc.emit.recommended`.
 _PRESETS: dict[str, tuple[Callable[[], Measure], dict[str, Any]]] = {
-    "SAM": (_sam_measure, dict(rho=0.05, strength=1.0, relative=False)),
+    "SAM": (_sam_measure, dict(rho=0.05, strength=1.0, relative=False, clip=None)),
     "TraceSAM": (_compiled("sum(l)"), {}),
     "FrobSAM": (_compiled("sum(l**2)"), {}),
     "DetSAM": (_compiled("prod(l)", det_sampling="hypercube", half_width=0.01), dict(rho=1.0)),

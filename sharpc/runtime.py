@@ -328,7 +328,7 @@ class _Ranks:
 #: How Delta is formed from the losses around x (see PhiPsiSAM's ``difference``).
 DIFFERENCES = ("one-sided", "antithetic", "control")
 #: Hyperparameters that shape the whole step: every param group must agree on them.
-_STEP_WIDE = ("n_samples", "estimator", "difference", "relative")
+_STEP_WIDE = ("n_samples", "estimator", "difference", "relative", "clip")
 #: Used when neither the caller nor the class's ``recommended`` sets a hyperparameter.
 _FALLBACK = dict(strength=1.0, relative=False, n_samples=None, estimator="auto", difference="one-sided",
                  adaptive=False, eta=0.01)
@@ -350,6 +350,7 @@ class _Settings:
     difference: str
     relative: bool
     rho: float
+    clip: float | None
 
 
 class _RunningMean:
@@ -435,7 +436,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
 
     def __init__(self, params, base_optimizer: type = torch.optim.SGD, *, rho: float | None = None,
                  strength: float | None = None, relative: bool | None = None, n_samples: int | None = None,
-                 estimator: str | None = None, difference: str | None = None, adaptive: bool = False,
+                 estimator: str | None = None, difference: str | None = None, clip: Any = "recommended",
+                 adaptive: bool = False,
                  eta: float = 0.01, model: torch.nn.Module | None = None, generator: torch.Generator | None = None,
                  seed: int | None = None, nonfinite: str = "raise", memory: str = "sums",
                  distributed: str | None = "auto", process_group: Any = None, grad_scaler: Any = None,
@@ -462,6 +464,10 @@ class PhiPsiSAM(torch.optim.Optimizer):
                 cost 1 + groups * n passes, twice that with difference="antithetic".
             estimator: "unbiased" (U-statistic; polynomial phi and psi only), "plugin"
                 (phi of the sample means, the paper's Algorithm 2) or "auto" (unbiased when available).
+            clip: scale the regularizer's gradient down to at most clip * |grad L| (None: never;
+                default: the class's recommended),
+                so heavy-tailed estimates (high powers of Delta) cannot throw a step; not with
+                memory="lean".
             difference: how Delta estimates Q = v^T H v / 2: "one-sided" (L(x + rho v) - L(x))
                 / rho**2, Algorithm 2, bias grad.v / rho; "antithetic" averages x +- rho v, bias
                 O(rho**2), two passes per sample; "control" subtracts the known grad.v / rho,
@@ -494,6 +500,9 @@ class PhiPsiSAM(torch.optim.Optimizer):
                      difference=difference, adaptive=adaptive, eta=eta)
         hyper = {k: self.recommended.get(k) if v is None else v for k, v in given.items()}
         hyper = {k: _FALLBACK.get(k) if v is None else v for k, v in hyper.items()}
+        if clip == "recommended":  # None is a value here (never clip); the class's clip needs a buffer
+            clip = None if memory == "lean" else self.recommended.get("clip")  # that lean mode does not keep
+        hyper["clip"] = clip
         if nonfinite not in ("raise", "skip", "ignore"):
             raise self.Error(f"nonfinite must be 'raise', 'skip' or 'ignore', got {nonfinite!r}")
         if memory not in ("sums", "lean"):
@@ -514,9 +523,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
         self.defaults.update(self.base_optimizer.defaults)
-        self._settings()  # validates every group now, not at the first step
-
         self.model, self.nonfinite, self.memory, self.grad_scaler = model, nonfinite, memory, grad_scaler
+        self._settings()  # validates every group now, not at the first step
         self.sharpness: torch.Tensor | None = None
         self.skipped_steps = 0
         self._magnitude = _RunningMean()
@@ -592,9 +600,15 @@ class PhiPsiSAM(torch.optim.Optimizer):
             raise self.Error(f"difference must be one of {', '.join(map(repr, DIFFERENCES))}, got {difference!r}")
         if not isinstance(first["relative"], bool):
             raise self.Error(f"relative must be True or False, got {first['relative']!r}")
+        clip = first["clip"]
+        if clip is not None and not (isinstance(clip, (int, float)) and 0 < clip < float("inf")):
+            raise self.Error(f"clip must be None or a positive finite number, got {clip!r}")
+        if clip is not None and self.memory == "lean":
+            raise self.Error("clip needs the regularizer's gradient in a buffer, which memory='lean' does not keep: "
+                             "pass clip=None")
         perturbed = [g for g in self.param_groups if g["perturb"] and g["params"]]
         rho = float((perturbed or self.param_groups)[0]["rho"])
-        return _Settings(n, estimator, difference, first["relative"], rho)
+        return _Settings(n, estimator, difference, first["relative"], rho, clip)
 
     def _distributed_mode(self, mode: str | None, model: torch.nn.Module | None, group: Any) -> str | None:
         """Resolve ``distributed``; "auto" warns where ranks would silently step apart."""
@@ -828,11 +842,18 @@ class PhiPsiSAM(torch.optim.Optimizer):
 
         Parameters the closure did not reach get None.
         """
-        for slot, c in enumerate(coefficients.unbind()):
-            torch._foreach_mul_(s.acc[slot], c)
+        regularizer, *rest = s.acc  # sum_slot coefficient * accumulator, times strength, in the first one
+        torch._foreach_mul_(regularizer, coefficients[0])
+        for slot, acc in enumerate(rest, 1):
+            torch._foreach_mul_(acc, coefficients[slot])
+            torch._foreach_add_(regularizer, acc)
         for strength, index in _by_strength(s):
-            for acc in s.acc:
-                torch._foreach_add_([s.g0[i] for i in index], [acc[i] for i in index], alpha=strength)
+            torch._foreach_mul_([regularizer[i] for i in index], strength)
+        if s.cfg.clip is not None:  # at most clip * |g0|: heavy-tailed estimates cannot throw the step
+            size = torch.stack(torch._foreach_norm(regularizer)).norm()
+            limit = s.cfg.clip * torch.stack(torch._foreach_norm(s.g0)).norm()
+            torch._foreach_mul_(regularizer, (limit / size.clamp_min(torch.finfo(size.dtype).tiny)).clamp_max(1))
+        torch._foreach_add_(s.g0, regularizer)
         self._ranks.mean_(s.flat)  # the step's one gradient all-reduce
         torch._foreach_copy_(_grads(s.active), s.g0)
         self._forget_unreached(s)

@@ -157,3 +157,30 @@ def test_step_wide_settings_must_agree_across_groups_at_step_time():
     opt.param_groups[1]["difference"] = "control"
     with pytest.raises(OptimizerError, match="difference shapes the whole step"):
         opt.step(make_closure(model, x, y))
+
+
+def test_clip_bounds_the_regularizer_gradient_by_the_loss_gradient():
+    model, x, y = tiny_mlp(dtype=torch.float64)
+    closure = make_closure(model, x, y)
+    opt = FrobSAM(model.parameters(), lr=0.0, seed=0, strength=1e6, clip=0.5, relative=False)
+    opt.step(closure)
+    combined = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    model.zero_grad()
+    closure()
+    g0 = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    assert (combined - g0).norm().item() == pytest.approx(0.5 * g0.norm().item(), rel=1e-9)  # clipped to the bound
+    grads = {}
+    for clip in (None, 1e12):  # a bound that never binds changes nothing
+        model, x, y = tiny_mlp(dtype=torch.float64)
+        FrobSAM(model.parameters(), lr=0.0, seed=0, strength=0.01, clip=clip).step(make_closure(model, x, y))
+        grads[clip] = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    torch.testing.assert_close(grads[None], grads[1e12], rtol=0, atol=0)
+
+
+def test_clip_needs_the_sums_memory_mode():
+    model, _, _ = tiny_mlp()
+    assert FrobSAM(model.parameters(), memory="lean").param_groups[0]["clip"] is None  # the default steps aside
+    with pytest.raises(OptimizerError, match="memory='lean' does not keep"):
+        FrobSAM(model.parameters(), memory="lean", clip=1.0)
+    with pytest.raises(OptimizerError, match="clip must be None or a positive"):
+        FrobSAM(model.parameters(), clip=-1.0)

@@ -139,6 +139,8 @@ def _sampler(distribution: Distribution) -> tuple[str, float]:
 # ----------------------------------------------------------------------------- defaults
 #: The default relative strength of a target of degree 1 in the eigenvalues (see :func:`recommended`).
 RELATIVE_STRENGTH = 0.03
+#: The default bound on the regularizer's gradient, as a multiple of the loss gradient's norm.
+CLIP = 1.0
 
 
 def recommended(measure: Measure) -> dict:
@@ -152,7 +154,7 @@ def recommended(measure: Measure) -> dict:
     """
     random = any(not g.distribution.deterministic for g in measure.groups)
     return dict(strength=RELATIVE_STRENGTH / _degree(measure), relative=True,
-                difference="antithetic" if random else "one-sided")
+                difference="antithetic" if random else "one-sided", clip=CLIP)
 
 
 def _degree(measure: Measure) -> int:
