@@ -263,7 +263,7 @@ class _Builder(ast.NodeVisitor):
             return left + right if isinstance(node.op, ast.Add) else left - right
         if isinstance(node.op, ast.Mult) and not both:
             return left * right
-        if isinstance(node.op, ast.Div) and isinstance(right, sp.Expr) and right != 0:
+        if isinstance(node.op, ast.Div) and isinstance(right, sp.Expr) and not _is_zero(right):
             return left / right
         if isinstance(node.op, ast.Pow) and isinstance(left, sp.MatrixBase) and not both:
             if not (right.is_Integer and 0 < right <= MAX_MATRIX_POWER):
@@ -293,7 +293,7 @@ class _Builder(ast.NodeVisitor):
         if isinstance(node.op, (ast.Mult, ast.Div)) and _radicals(left)[0] > 1 < _radicals(right)[0]:
             self._check_radicals(node, 1, left, right)  # c**(p/q) * c**(r/s) = c**((ps+qr)/qs)
         if isinstance(node.op, ast.Div):
-            if right == 0:
+            if _is_zero(right):
                 raise self.fail("division by zero", node.right)
             return left / right
         return _BINARY[type(node.op)](left, right)
@@ -308,7 +308,7 @@ class _Builder(ast.NodeVisitor):
             raise self.fail("exponent must be a real number", node.right)
         if not abs(approx.real) <= MAX_EXPONENT:
             raise self.fail(f"exponent too large (max {MAX_EXPONENT})", node.right)
-        if base == 0 and approx.real < 0:
+        if approx.real < 0 and _is_zero(base):
             raise self.fail("division by zero", node)
         if exponent.is_Rational:  # (c*x)**n = c**n * x**n, computed exactly
             if _radicals(base)[1] * abs(exponent) > MAX_BITS:
@@ -427,6 +427,21 @@ def _bits_of_power(power: sp.Pow, d: int) -> float:
     if not (power.base.is_number and power.exp.has(D) and exponent.is_Rational):
         return 0
     return max(_radicals(power.base)[1] - 1, 0) * abs(exponent)  # (-1)**D costs nothing
+
+
+def _is_zero(value: sp.Expr) -> bool:
+    """Whether a constant is 0 (also when SymPy keeps it unsimplified, as cos(1)**2 + sin(1)**2 - 1).
+
+    Only values that evaluate to nearly 0 get the exact (slower) test; an undecidable one counts as 0.
+    """
+    if value == 0:
+        return True
+    if not value.is_number or value.has(Eig):
+        return False
+    approx = _approximate(value)
+    if approx is None or abs(approx) > 1e-12:
+        return False
+    return value.equals(0) is not False
 
 
 def _approximate(value: sp.Expr) -> complex | None:

@@ -23,6 +23,7 @@ import sympy as sp
 
 from .errors import SharpcError
 from .measure import Domain, Measure
+from .options import SAMPLES_RANGE, SEED_RANGE, check_float, check_int
 from .spectral import (
     D,
     Eig,
@@ -309,6 +310,9 @@ def monte_carlo(measure: Measure, *, samples: int = 10_000, seed: int = 0, z_thr
 def verify(measure: Measure, *, samples: int = 10_000, seed: int = 0, z_threshold: float = 4.5,
            symbolic: bool = True, dimensions: tuple[int, ...] | None = None) -> VerificationReport:
     """Certificate (if a closed form exists) and a seeded Monte Carlo test of ``measure``."""
+    samples = check_int("samples", samples, *SAMPLES_RANGE)
+    seed = check_int("seed", seed, *SEED_RANGE)
+    z_threshold = check_float("z_threshold", z_threshold, 1.0, 100.0)
     notes = []
     if symbolic:
         certificate, certified = certify(measure)
