@@ -20,6 +20,7 @@ from . import __version__
 from .errors import SharpcError
 from .options import BOUND_RANGE, HALF_WIDTH_RANGE, MAX_D, SAMPLES_RANGE, SEED_RANGE, check_float, check_int
 from .parse import LANGUAGE_HELP
+from .verify import BLOCK_BOUND, BLOCKS, EXACT, IDENTITY_TOLERANCE, PLUG_IN
 
 EXIT_OK, EXIT_UNVERIFIED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 REPORT_HINT = "this is a bug in sharpc; please report it with the command line that caused it"
@@ -91,6 +92,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_METHOD_TEXT = {
+    EXACT: lambda report: (f"{EXACT}: pass if scale * phi(exact integrals) + offset = target to "
+                           f"{IDENTITY_TOLERANCE:g} and |z| <= {BLOCK_BOUND:g} ({BLOCKS} blocks)"),
+    PLUG_IN: lambda report: f"{PLUG_IN}: pass if |z| <= {report.z_threshold:g}",
+}
+
+
 def _describe(measure, report) -> str:
     args = ", ".join(map(str, measure.phi_args))
     psi = ", ".join(map(sp.sstr, measure.psi))
@@ -124,8 +132,8 @@ def _describe(measure, report) -> str:
         lines += ["", "verification", f"  certificate: {report.certificate} — {verdict}"]
         lines += [f"  note: {note}" for note in report.notes]
         if report.cases:
-            lines.append(f"  Monte Carlo: {len(report.cases)} random Hessians, {report.samples} samples each, "
-                         f"pass if |z| <= {report.z_threshold}")
+            lines.append(f"  checks: {len(report.cases)} random Hessians, {report.samples} samples each")
+            lines += [f"  method: {_METHOD_TEXT[method](report)}" for method in report.methods]
             lines += ["  " + row for row in report.table().splitlines()]
         if not report.passed:
             result = "VERIFICATION FAILED"
