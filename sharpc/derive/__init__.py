@@ -23,6 +23,7 @@ import sympy as sp
 
 from ..domains import infer_domain
 from ..errors import DerivationError
+from ..limits import MAX_PHI_TERMS, expanded_terms
 from ..measure import Measure
 from ..spectral import is_matrix_target, reductions, substitute_d
 
@@ -62,8 +63,8 @@ def affine_in(target: sp.Expr, atom: sp.Expr) -> tuple[sp.Expr, sp.Expr] | None:
     """(c, k) with target == c * atom + k and c, k free of spectral atoms, else None."""
     y = sp.Dummy("y")
     replaced = target.xreplace({atom: y})
-    if reductions(replaced):
-        return None
+    if reductions(replaced) or expanded_terms(replaced, MAX_PHI_TERMS) > MAX_PHI_TERMS:
+        return None  # other atoms remain, or too large to be c * atom + k for a readable c
     slope = sp.expand(sp.diff(replaced, y))
     if slope.has(y) or slope == 0:
         return None
