@@ -29,8 +29,6 @@ def expanded_terms(expr: sp.Expr, cap: int, sizes: Mapping[sp.Expr, int] | None 
     sizes = sizes or {}
     if expr in sizes:
         return min(sizes[expr], cap + 1)
-    if not expr.args or all(arg.is_Number for arg in expr.args):  # a symbol, number or H[i, j]
-        return 1
     if expr.is_Add:
         return min(sum(expanded_terms(arg, cap, sizes) for arg in expr.args), cap + 1)
     if expr.is_Mul:
@@ -40,6 +38,8 @@ def expanded_terms(expr: sp.Expr, cap: int, sizes: Mapping[sp.Expr, int] | None 
         return count
     if expr.is_Pow and expr.exp.is_Integer and expr.exp > 0:
         return _monomials(expanded_terms(expr.base, cap, sizes), int(expr.exp), cap)
+    if all(arg.is_Number for arg in expr.args):  # a symbol, a number, H[i, j]
+        return 1
     # Functions and other powers are not multiplied out, but their arguments are expanded.
     return max(1, min(sum(expanded_terms(arg, cap, sizes) for arg in expr.args), cap + 1))
 

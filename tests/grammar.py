@@ -50,24 +50,34 @@ matrix_targets = st.one_of(
 )
 
 
+def _option(draw, name: str, good: list[str], bad: list[str]) -> list[str]:
+    """``[name, value]`` with a documented value 9 times in 10, else an out-of-range or malformed one."""
+    values = bad if draw(st.integers(1, 10)) == 5 else good  # a middle value: Hypothesis favours the ends
+    return [name, draw(st.sampled_from(values))]
+
+
 @st.composite
 def compile_argv(draw) -> list[str]:
-    """``sharpc compile`` arguments: a target and any documented options, in and out of range."""
-    target = draw(st.one_of(targets, matrix_targets))
-    argv = ["compile", "--", target]
-    if draw(st.booleans()):
-        argv += ["--d", draw(st.sampled_from(["1", "2", "3", "4", "6", "0", "-2", "x", "1000000"]))]
-    if draw(st.booleans()):
-        argv += ["--bound", draw(st.sampled_from(["2", "0.5", "1e6", "1e300", "inf", "nan", "-1", "0"]))]
-    if draw(st.booleans()):
-        argv += ["--half-width", draw(st.sampled_from(["1", "0.01", "inf", "0", "-1", "1e7"]))]
-    if draw(st.booleans()):
-        argv += ["--strategy", draw(st.sampled_from(["table1", "mgf", "moments", "universal", "dirac",
-                                                     "vandermonde", "power-roots", "nope"]))]
-    if draw(st.booleans()):
-        argv += ["--det-sampling", draw(st.sampled_from(["lebesgue", "hypercube", "cube"]))]
-    argv += draw(st.sampled_from([[], ["--invariant", "scale"], ["--invariant", "shift"]]))
+    """``sharpc compile`` arguments: a target and any documented options, mostly in range."""
+    matrix = draw(st.booleans())
+    target = draw(matrix_targets if matrix else targets)
+    argv = ["compile"]
+    if matrix or draw(st.booleans()):
+        argv += _option(draw, "--d", ["1", "2", "3", "4"] + ["6"] * (not matrix), ["0", "-2", "x", "10000000000000"])
+        if draw(st.booleans()):
+            argv += _option(draw, "--bound", ["2", "0.5", "1e6", "1e-6"], ["1e300", "inf", "nan", "-1", "0"])
+    if draw(st.integers(1, 5)) == 3:
+        argv += _option(draw, "--half-width", ["1", "0.01", "1e6"], ["inf", "0", "-1", "1e7"])
+    if draw(st.integers(1, 5)) == 3:
+        argv += _option(draw, "--strategy", ["table1", "mgf", "moments", "universal", "dirac", "vandermonde",
+                                             "power-roots"], ["nope"])
+    if draw(st.integers(1, 5)) == 3:
+        argv += _option(draw, "--det-sampling", ["lebesgue", "hypercube"], ["cube"])
+    if draw(st.integers(1, 5)) == 3:
+        argv += _option(draw, "--invariant", ["scale"], ["shift"])
     argv += draw(st.sampled_from([[], ["--json"]]))
-    argv += draw(st.sampled_from([["--no-verify"], ["--samples", "500"], ["--samples", "1"],
-                                  ["--seed", "-1", "--samples", "500"], ["--seed", "7", "--samples", "500"]]))
-    return argv
+    argv += draw(st.sampled_from([["--no-verify"], []]))
+    argv += _option(draw, "--samples", ["500", "2000"], ["1", "1e11", "100000000000"])
+    if draw(st.booleans()):
+        argv += _option(draw, "--seed", ["0", "7", str(2**63 - 1)], ["-1", "1.5"])
+    return [*argv, "--", target]  # after --, a target may start with '-'
