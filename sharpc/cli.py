@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="Monte Carlo seed, 0..2**63-1 (default 0)")
     comp.add_argument("--samples", type=_ranged(check_int, *SAMPLES_RANGE), default=10_000,
                       help="Monte Carlo samples per case, {}..{} (default 10000)".format(*SAMPLES_RANGE))
+    comp.add_argument("--sampler", choices=("numpy", "torch"), default="numpy",
+                      help="draw the verification samples with NumPy (default) or with the optimizer's own torch "
+                      "sampler (end to end; imports torch)")
     comp.add_argument("--emit", metavar="PATH", default=None,
                       help="write a standalone torch module to PATH (a new file: see --force; only when "
                       "verification passes or --no-verify is given)")
@@ -156,7 +159,8 @@ def _compile(options: argparse.Namespace) -> tuple[str, int]:
                               invariant=options.invariant, force=options.force,
                               det_sampling=options.det_sampling, half_width=options.half_width)
     source = emit_module(measure, name=options.name or "SharpSAM") if options.emit else None  # bad names fail here
-    report = None if options.no_verify else measure.verify(seed=options.seed, samples=options.samples)
+    report = None if options.no_verify else measure.verify(seed=options.seed, samples=options.samples,
+                                                            sampler=options.sampler)
     code = EXIT_OK if report is None or report.passed else EXIT_UNVERIFIED
     if source is not None and code == EXIT_OK:
         _write_new_file(options.emit, source, options.force)

@@ -344,17 +344,31 @@ def _estimate(measure: Measure, d: int, hessian: np.ndarray, spectrum: np.ndarra
 
 
 def _draw(measure: Measure, d: int, hessian: np.ndarray, spectrum: np.ndarray, n: int,
-          rng: np.random.Generator) -> np.ndarray:
-    """(m, n) samples of w * psi_c(Q(v)), each group's components from the same draws of its mu."""
+          rng: np.random.Generator, sampler: str = "numpy") -> np.ndarray:
+    """(m, n) samples of w * psi_c(Q(v)), each group's components from the same draws of its mu.
+
+    ``sampler="torch"`` draws with ``Distribution.sample``, the optimizer's own sampling code in
+    sharpc.runtime (weight 1), instead of the verifier's NumPy samplers (``mc_sample``).
+    """
     psi = _numeric_measure(measure, d)[0]
     values = np.empty((measure.m, n))
     for group in measure.groups:
-        v, weights = group.distribution.mc_sample(n, d, rng, spectrum)
+        if sampler == "torch":
+            v, weights = _torch_rows(group.distribution, n, d, rng)
+        else:
+            v, weights = group.distribution.mc_sample(n, d, rng, spectrum)
         q = 0.5 * np.sum((v @ hessian) * v, axis=1)
         with np.errstate(over="ignore", invalid="ignore"):
             for c in group.components:
                 values[c] = weights * np.broadcast_to(psi[c](q), q.shape)
     return values
+
+
+def _torch_rows(distribution, n: int, d: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    import torch  # only on request: the compile path stays torch-free
+
+    generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
+    return distribution.sample(n, d, generator=generator, dtype=torch.float64).numpy(), np.ones(n)
 
 
 def _plug_in(measure: Measure, d: int, values: np.ndarray) -> tuple[float, float]:
@@ -382,7 +396,7 @@ def estimator_variance(measure: Measure, spectrum, *, samples: int = 10_000, see
 
 
 def monte_carlo(measure: Measure, *, samples: int = 10_000, seed: int = 0, z_threshold: float = 4.5,
-                dimensions: tuple[int, ...] | None = None) -> tuple[MonteCarloCase, ...]:
+                dimensions: tuple[int, ...] | None = None, sampler: str = "numpy") -> tuple[MonteCarloCase, ...]:
     """One case per spectrum kind and dimension: exact integrals where possible, else plug-in."""
     rng = np.random.default_rng(seed)
     dims = (measure.d,) if measure.d is not None else (dimensions or MC_DIMENSIONS)
@@ -393,18 +407,18 @@ def monte_carlo(measure: Measure, *, samples: int = 10_000, seed: int = 0, z_thr
             if spectrum is None:
                 continue
             hessian = _random_hessian(spectrum, rng)
-            case = _exact_case(measure, kind, spectrum, hessian, samples, rng)
-            cases.append(case or _plug_in_case(measure, kind, hessian, samples, rng, z_threshold))
+            case = _exact_case(measure, kind, spectrum, hessian, samples, rng, sampler)
+            cases.append(case or _plug_in_case(measure, kind, hessian, samples, rng, z_threshold, sampler))
     return tuple(cases)
 
 
 def _plug_in_case(measure: Measure, kind: str, hessian: np.ndarray, samples: int, rng: np.random.Generator,
-                  z_threshold: float) -> MonteCarloCase:
+                  z_threshold: float, sampler: str) -> MonteCarloCase:
     """The plug-in estimate against the target, by a delta-method z-score (exact for point masses)."""
     d = hessian.shape[0]
     exact = np.linalg.eigvalsh(hessian)
     target = target_at(measure.target, hessian)
-    estimate, stderr = _estimate(measure, d, hessian, exact, samples, rng)
+    estimate, stderr = _plug_in(measure, d, _draw(measure, d, hessian, exact, samples, rng, sampler))
     error = estimate - target
     if abs(error) <= 1e-9 * max(1.0, abs(target)):  # exact to rounding (e.g. point masses): nothing to test
         z = 0.0
@@ -415,7 +429,7 @@ def _plug_in_case(measure: Measure, kind: str, hessian: np.ndarray, samples: int
 
 
 def _exact_case(measure: Measure, kind: str, spectrum: np.ndarray, hessian: np.ndarray, samples: int,
-                rng: np.random.Generator) -> MonteCarloCase | None:
+                rng: np.random.Generator, sampler: str) -> MonteCarloCase | None:
     """The identity at exact integrals and the median-of-means sampler check; None without references."""
     if measure.target.has(HEntry):
         return None
@@ -428,7 +442,7 @@ def _exact_case(measure: Measure, kind: str, spectrum: np.ndarray, hessian: np.n
         reference = _exact_phi(measure, d, integrals)
         ok = (mpmath.isfinite(target) and mpmath.isfinite(reference)
               and abs(reference - target) <= IDENTITY_TOLERANCE * max(1, abs(target)))
-    estimate, stderr, z = _sampler_check(measure, spectrum, hessian, integrals, samples, rng)
+    estimate, stderr, z = _sampler_check(measure, spectrum, hessian, integrals, samples, rng, sampler)
     sampler_ok = not z > BLOCK_BOUND
     return MonteCarloCase(kind, d, tuple(float(x) for x in spectrum), _float(target), estimate, stderr, z,
                           bool(ok and sampler_ok), EXACT, _float(reference))
@@ -486,21 +500,27 @@ def _float(value) -> float:
 
 
 def _sampler_check(measure: Measure, spectrum: np.ndarray, hessian: np.ndarray, integrals: list, samples: int,
-                   rng: np.random.Generator) -> tuple[float, float, float]:
+                   rng: np.random.Generator, sampler: str) -> tuple[float, float, float]:
     """(plug-in estimate, its delta-method std err, largest |median-of-means z| over the components).
 
     z is 0 where a component's exact variance is infinite or the sample is too small for blocks.
+    The torch sampler draws a non-probability measure (Lebesgue) from its truncation, whose
+    exact variance is unknown: there the sample variance stands in (psi = exp(-t) is bounded).
     """
-    values = _draw(measure, len(spectrum), hessian, spectrum, samples, rng)
+    values = _draw(measure, len(spectrum), hessian, spectrum, samples, rng, sampler)
     estimate, stderr = _plug_in(measure, len(spectrum), values)
     worst = 0.0
     if samples < MIN_SAMPLER_SAMPLES:
         return estimate, stderr, worst
     for c, psi in enumerate(measure.psi):
-        second = second_moment(measure.distribution_of(c), psi, spectrum)
-        if second is None or not mpmath.isfinite(second):
-            continue
-        variance = float(second - integrals[c] ** 2)
+        distribution = measure.distribution_of(c)
+        if sampler == "torch" and not distribution.probability:
+            variance = float(np.var(values[c]))
+        else:
+            second = second_moment(distribution, psi, spectrum)
+            if second is None or not mpmath.isfinite(second):
+                continue
+            variance = float(second - integrals[c] ** 2)
         used = values[c, : samples - samples % BLOCKS]
         median = float(np.median(used.reshape(BLOCKS, -1).mean(axis=1)))
         block_std = math.sqrt(max(variance, 0.0) * BLOCKS / len(used))
@@ -511,8 +531,14 @@ def _sampler_check(measure: Measure, spectrum: np.ndarray, hessian: np.ndarray, 
 
 
 def verify(measure: Measure, *, samples: int = 10_000, seed: int = 0, z_threshold: float = 4.5,
-           symbolic: bool = True, dimensions: tuple[int, ...] | None = None) -> VerificationReport:
-    """Certificate (if a closed form exists) and a seeded Monte Carlo test of ``measure``."""
+           symbolic: bool = True, dimensions: tuple[int, ...] | None = None,
+           sampler: str = "numpy") -> VerificationReport:
+    """Certificate (if a closed form exists) and a seeded Monte Carlo test of ``measure``.
+
+    ``sampler="torch"`` draws the samples with the optimizer's own sampling code (needs torch).
+    """
+    if sampler not in ("numpy", "torch"):
+        raise SharpcError(f"sampler must be 'numpy' or 'torch', got {sampler!r}")
     samples = check_int("samples", samples, *SAMPLES_RANGE)
     seed = check_int("seed", seed, *SEED_RANGE)
     z_threshold = check_float("z_threshold", z_threshold, 1.0, 100.0)
@@ -526,7 +552,8 @@ def verify(measure: Measure, *, samples: int = 10_000, seed: int = 0, z_threshol
         notes.append(f"d = {measure.d} is too large for the Monte Carlo test (limit {EXPLICIT_MAX_D}); "
                      "compile without d to test the identity at d = 2, 3, 5, 8")
     elif measure.exact:
-        cases = monte_carlo(measure, samples=samples, seed=seed, z_threshold=z_threshold, dimensions=dimensions)
+        cases = monte_carlo(measure, samples=samples, seed=seed, z_threshold=z_threshold, dimensions=dimensions,
+                            sampler=sampler)
     else:
         cases = ()
         notes.append("approximate measure (see assumptions): the identity is not exact, so the "

@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 import pytest
 import sympy as sp
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import sharpc
@@ -94,6 +94,7 @@ MUTATIONS = {
 def test_mutated_measures_are_caught(case, mutation):
     expression, options = case
     measure = sharpc.compile(expression, **options)
+    assume(measure.exact)  # approximate measures (the Lebesgue rows) have no numeric check to fail
     if mutation == "phi factor" and not measure.phi.free_symbols:
         return  # a constant target: scaling phi by 11/10 of 0 changes nothing
     report = MUTATIONS[mutation](measure).verify(symbolic=False)
