@@ -14,8 +14,6 @@ from collections.abc import Mapping
 
 import sympy as sp
 
-from .errors import DerivationError
-
 #: Terms a derived phi (or an expanded intermediate polynomial) may have.
 MAX_PHI_TERMS = 3000
 
@@ -52,13 +50,6 @@ def _monomials(k: int, n: int, cap: int) -> int:
         if count > cap:
             return cap + 1
     return count
-
-
-def check_terms(what: str, expr: sp.Expr, cap: int = MAX_PHI_TERMS, sizes: Mapping[sp.Expr, int] | None = None,
-                error: type[Exception] = DerivationError) -> None:
-    """Raise ``error`` naming the limit when expanding ``expr`` could make more than ``cap`` terms."""
-    if expanded_terms(expr, cap, sizes) > cap:
-        raise error(f"{what} would expand to over {cap} terms (the limit that keeps compiling under a few seconds)")
 
 
 def leibniz_terms(d: int, entry_terms: int, cap: int) -> int:

@@ -57,8 +57,11 @@ def _option(draw, name: str, good: list[str], bad: list[str]) -> list[str]:
 
 
 @st.composite
-def compile_argv(draw) -> list[str]:
-    """``sharpc compile`` arguments: a target and any documented options, mostly in range."""
+def compile_argv(draw, emit_path: str | None = None) -> list[str]:
+    """``sharpc compile`` arguments: a target and any documented options, mostly in range.
+
+    With ``emit_path``, some command lines also write a module there (``--emit --force --name``).
+    """
     matrix = draw(st.booleans())
     target = draw(matrix_targets if matrix else targets)
     argv = ["compile"]
@@ -80,4 +83,9 @@ def compile_argv(draw) -> list[str]:
     argv += _option(draw, "--samples", ["500", "2000"], ["1", "1e11", "100000000000"])
     if draw(st.booleans()):
         argv += _option(draw, "--seed", ["0", "7", str(2**63 - 1)], ["-1", "1.5"])
+    if draw(st.integers(1, 5)) == 3:
+        argv += _option(draw, "--sampler", ["numpy", "torch"], ["jax"])
+    if emit_path is not None and draw(st.booleans()):
+        argv += ["--emit", emit_path, "--force", *_option(draw, "--name", ["SharpSAM", "Frob2"],
+                                                          ["super", "float", "ｔｏｒｃｈ", "1x", ""])]
     return [*argv, "--", target]  # after --, a target may start with '-'

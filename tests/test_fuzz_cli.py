@@ -31,14 +31,25 @@ FUZZ = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCh
                                                     HealthCheck.function_scoped_fixture])
 
 
+EMIT_PATH = "fuzz_module.py"
+
+
 @settings(max_examples=40, **FUZZ)
-@given(compile_argv())
-def test_generated_command_lines_end_in_a_documented_outcome(capsys, argv):
+@given(compile_argv(EMIT_PATH))
+def test_generated_command_lines_end_in_a_documented_outcome(capsys, monkeypatch, tmp_path, argv):
+    monkeypatch.chdir(tmp_path)
     _check(argv, capsys)
 
 
 @pytest.mark.slow
 @settings(max_examples=600, **FUZZ)
-@given(compile_argv())
-def test_many_generated_command_lines_end_in_a_documented_outcome(capsys, argv):
+@given(compile_argv(EMIT_PATH))
+def test_many_generated_command_lines_end_in_a_documented_outcome(capsys, monkeypatch, tmp_path, argv):
+    monkeypatch.chdir(tmp_path)
     _check(argv, capsys)
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["list"], ["--help"], ["compile", "--help"], [], ["nope"]])
+def test_other_commands_end_in_a_documented_outcome(capsys, argv):
+    code, err = _run(argv, capsys)
+    assert code in (0, 2) and "Traceback" not in err
