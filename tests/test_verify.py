@@ -137,3 +137,14 @@ def test_large_concrete_d_is_certified_in_atoms_without_expanding_or_sampling():
 def test_nothing_checked_is_reported_as_such():
     report = sharpc.compile("prod(l)", det_sampling="hypercube").verify()
     assert report.passed and not report.checked
+
+
+@pytest.mark.parametrize("expression", ["exp(exp(sum(l)))", "exp(64*sum(l**2))**64", "sum(l)/1e-12**25",
+                                        "exp(1e12*sum(l))"])
+def test_targets_that_overflow_floats_verify_without_errors_or_warnings(expression):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = sharpc.compile(expression).verify(samples=1000)
+    assert report.passed and report.cases
