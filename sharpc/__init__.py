@@ -17,6 +17,7 @@ from .derive import REGISTRY as STRATEGIES
 from .derive import Request, derive
 from .errors import DerivationError, OptimizerError, ParseError, SharpcError
 from .measure import Domain, Measure, SampleGroup
+from .options import BOUND_RANGE, HALF_WIDTH_RANGE, MAX_D, check_float, check_int
 from .parse import parse
 
 __all__ = [
@@ -33,30 +34,29 @@ def compile(expression: str, *, d: int | None = None, strategy: str | None = Non
 
     Args:
         expression: e.g. ``"sum(l**2)"``; the language is described in ``sharpc compile --help`` and docs/language.md.
-        d: the number of eigenvalues, when it is fixed (otherwise symbolic and bound to the
+        d: the number of eigenvalues (1 to 10**12), when it is fixed (otherwise symbolic and bound to the
             number of perturbed parameters by the optimizer).
         strategy: force one strategy by name (``sharpc.STRATEGIES``) instead of the first that applies.
         det_sampling: ``"lebesgue"`` (exact formal measure; the optimizer samples its truncation)
             or ``"hypercube"`` (the paper's Det-SAM: uniform on ``[-half_width, half_width]^d``).
-        half_width: the truncation half-width for determinant measures.
-        bound: a bound |l_i| <= bound on the spectrum; the universality strategies need it.
+        half_width: the truncation half-width for determinant measures, in [1e-6, 1e6].
+        bound: a bound |l_i| <= bound on the spectrum, in [1e-6, 1e6]; the universality strategies need it.
         invariant: ``"scale"`` asks for a measure invariant under positive diagonal rescalings
             that leave the loss invariant (the adaptive measure mu_x = law of |x| * v).
         force: allow constructions above their documented cost limits (Theorem 7 with many entries).
     """
-    if d is not None and (not isinstance(d, int) or isinstance(d, bool) or d < 1):
-        raise SharpcError(f"d must be a positive integer, got {d!r}")
+    if d is not None:
+        d = check_int("d", d, 1, MAX_D)
     if det_sampling not in ("lebesgue", "hypercube"):
         raise SharpcError(f"det_sampling must be 'lebesgue' or 'hypercube', got {det_sampling!r}")
-    if not half_width > 0:
-        raise SharpcError(f"half_width must be positive, got {half_width!r}")
+    half_width = check_float("half_width", half_width, *HALF_WIDTH_RANGE)
     if invariant not in (None, "scale"):
         raise SharpcError(f"invariant must be 'scale' (or None), got {invariant!r}")
-    if bound is not None and not (isinstance(bound, (int, float)) and 0 < bound < float("inf")):
-        raise SharpcError(f"bound must be a positive finite number, got {bound!r}")
+    if bound is not None:
+        bound = check_float("bound", bound, *BOUND_RANGE)
     target = parse(expression, d=d)
     request = Request(expression, target, d=d, det_sampling=det_sampling, half_width=half_width,
-                      bound=None if bound is None else float(bound), force=force)
+                      bound=bound, force=force)
     measure = derive(request, strategy)
     return measure.adaptive() if invariant == "scale" else measure
 

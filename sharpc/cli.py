@@ -1,64 +1,105 @@
 """``sharpc compile | list``: the compiler from the shell.
 
-Exit codes: 0 ok, 1 verification failed, 2 bad input. argparse keeps start-up cheap
-(the compile path imports SymPy and NumPy, never torch).
+Exit codes: 0 ok, 1 verification failed, 2 bad input, 3 internal error (a bug: one line
+asking for a report, never a traceback). argparse keeps start-up cheap (the compile path
+imports SymPy and NumPy, never torch). Every option is checked against the same ranges
+as the API (:mod:`sharpc.options`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import sympy as sp
 
+from . import __version__
 from .errors import SharpcError
+from .options import BOUND_RANGE, HALF_WIDTH_RANGE, MAX_D, SAMPLES_RANGE, SEED_RANGE, check_float, check_int
 from .parse import LANGUAGE_HELP
+from .verify import BLOCK_BOUND, BLOCKS, EXACT, IDENTITY_TOLERANCE, PLUG_IN
 
-EXIT_OK, EXIT_UNVERIFIED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_UNVERIFIED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+REPORT_HINT = "this is a bug in sharpc; please report it with the command line that caused it"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _ranged(check: Callable, low, high) -> Callable[[str], object]:
+    """An argparse type: parse the text as int or float, then apply the API's range check."""
+    parse_number = int if check is check_int else float
+
+    def convert(text: str):
+        try:
+            value: object = parse_number(text)
+        except ValueError:
+            value = text  # the range check reports it as not a number
+        try:
+            return check("value", value, low, high)
+        except SharpcError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return convert
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (the usage is one --help away) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
     from .derive import REGISTRY
 
-    parser = argparse.ArgumentParser(prog="sharpc", description="Compile Hessian sharpness measures "
-                                     "into (phi, psi, mu)-SAM optimizers.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="sharpc", description="Compile Hessian sharpness measures "
+                                     "into (phi, psi, mu)-SAM optimizers.",
+                                     epilog="exit codes: 0 ok, 1 verification failed, 2 bad input, 3 internal error")
+    parser.add_argument("--version", action="version", version=f"sharpc {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     comp = commands.add_parser("compile", help="derive and verify (phi, psi, mu) for a target",
                                description="Derive and verify (phi, psi, mu) for a target in the "
                                "Hessian eigenvalues l, e.g. 'sum(l**2)' or 'prod(1 - l/10)'.",
                                epilog=LANGUAGE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     comp.add_argument("expression", help="target in eigenvalues l, e.g. 'sum(l**2)' "
                       "(put -- before a target that starts with '-')")
-    comp.add_argument("--d", type=_positive_int, default=None, help="number of eigenvalues (default: symbolic)")
+    comp.add_argument("--d", type=_ranged(check_int, 1, MAX_D), default=None,
+                      help=f"number of eigenvalues, 1..{MAX_D:.0e} (default: symbolic)")
     comp.add_argument("--strategy", choices=list(REGISTRY), default=None, help="force one derivation strategy")
     comp.add_argument("--det-sampling", choices=("lebesgue", "hypercube"), default="lebesgue",
                       help="sampling for determinant measures (default: lebesgue)")
-    comp.add_argument("--bound", type=float, default=None,
-                      help="spectrum bound |l_i| <= BOUND (needed by the universality strategies)")
+    comp.add_argument("--bound", type=_ranged(check_float, *BOUND_RANGE), default=None,
+                      help="spectrum bound |l_i| <= BOUND, in [{:g}, {:g}] (needed by the universality "
+                      "strategies)".format(*BOUND_RANGE))
     comp.add_argument("--invariant", choices=("scale",), default=None,
                       help="ask for a measure invariant under positive diagonal rescalings (adaptive mu)")
-    comp.add_argument("--force", action="store_true", help="allow constructions above their cost limits")
-    comp.add_argument("--half-width", type=float, default=1.0, help="hypercube/truncation half-width (default 1)")
+    comp.add_argument("--force", action="store_true",
+                      help="allow constructions above their cost limits; let --emit replace an existing file")
+    comp.add_argument("--half-width", type=_ranged(check_float, *HALF_WIDTH_RANGE), default=1.0,
+                      help="hypercube/truncation half-width, in [{:g}, {:g}] (default 1)".format(*HALF_WIDTH_RANGE))
     comp.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     comp.add_argument("--no-verify", action="store_true", help="skip verification")
-    comp.add_argument("--seed", type=int, default=0, help="Monte Carlo seed (default 0)")
-    comp.add_argument("--samples", type=_positive_int, default=10_000, help="Monte Carlo samples per case")
-    comp.add_argument("--emit", metavar="PATH", default=None, help="write a standalone torch module to PATH")
-    comp.add_argument("--name", default=None, help="class name of the emitted optimizer")
+    comp.add_argument("--seed", type=_ranged(check_int, *SEED_RANGE), default=0,
+                      help="Monte Carlo seed, 0..2**63-1 (default 0)")
+    comp.add_argument("--samples", type=_ranged(check_int, *SAMPLES_RANGE), default=10_000,
+                      help="Monte Carlo samples per case, {}..{} (default 10000)".format(*SAMPLES_RANGE))
+    comp.add_argument("--sampler", choices=("numpy", "torch"), default="numpy",
+                      help="draw the verification samples with NumPy (default) or with the optimizer's own torch "
+                      "sampler (end to end; imports torch)")
+    comp.add_argument("--emit", metavar="PATH", default=None,
+                      help="write a standalone torch module to PATH (a new file: see --force; only when "
+                      "verification passes or --no-verify is given)")
+    comp.add_argument("--name", default=None, help="class name of the emitted optimizer (default SharpSAM)")
     commands.add_parser("list", help="the catalog of named measures")
     return parser
+
+
+_METHOD_TEXT = {
+    EXACT: lambda report: (f"{EXACT}: pass if scale * phi(exact integrals) + offset = target to "
+                           f"{IDENTITY_TOLERANCE:g} and |z| <= {BLOCK_BOUND:g} ({BLOCKS} blocks)"),
+    PLUG_IN: lambda report: f"{PLUG_IN}: pass if |z| <= {report.z_threshold:g}",
+}
 
 
 def _describe(measure, report) -> str:
@@ -94,8 +135,8 @@ def _describe(measure, report) -> str:
         lines += ["", "verification", f"  certificate: {report.certificate} — {verdict}"]
         lines += [f"  note: {note}" for note in report.notes]
         if report.cases:
-            lines.append(f"  Monte Carlo: {len(report.cases)} random Hessians, {report.samples} samples each, "
-                         f"pass if |z| <= {report.z_threshold}")
+            lines.append(f"  checks: {len(report.cases)} random Hessians, {report.samples} samples each")
+            lines += [f"  method: {_METHOD_TEXT[method](report)}" for method in report.methods]
             lines += ["  " + row for row in report.table().splitlines()]
         if not report.passed:
             result = "VERIFICATION FAILED"
@@ -105,48 +146,88 @@ def _describe(measure, report) -> str:
     return "\n".join(lines)
 
 
-def _compile(options: argparse.Namespace) -> int:
+def _compile(options: argparse.Namespace) -> tuple[str, int]:
+    """(what to print, exit code): the module is written only when verification passed or was skipped."""
     from . import compile as compile_measure
+    from .emit.standalone import emit_module
 
+    if options.emit == "":
+        raise SharpcError("--emit needs a file path")
+    if options.emit:
+        _check_new_file(options.emit, options.force)
     measure = compile_measure(options.expression, d=options.d, strategy=options.strategy, bound=options.bound,
                               invariant=options.invariant, force=options.force,
                               det_sampling=options.det_sampling, half_width=options.half_width)
-    report = None if options.no_verify else measure.verify(seed=options.seed, samples=options.samples)
-    if options.emit:
-        from .emit.standalone import emit_module
-
-        source = emit_module(measure, name=options.name or "SharpSAM")  # fails before touching the file
-        with open(options.emit, "w", encoding="utf-8") as handle:
-            handle.write(source)
+    source = emit_module(measure, name=options.name or "SharpSAM") if options.emit else None  # bad names fail here
+    report = None if options.no_verify else measure.verify(seed=options.seed, samples=options.samples,
+                                                            sampler=options.sampler)
+    code = EXIT_OK if report is None or report.passed else EXIT_UNVERIFIED
+    if source is not None and code == EXIT_OK:
+        _write_new_file(options.emit, source, options.force)
     if options.json:
         payload = measure.to_dict()
         payload["verification"] = None if report is None else report.to_dict()
-        print(json.dumps(payload, indent=2))
-    else:
-        print(_describe(measure, report))
-        if options.emit:
-            print(f"\nwrote {options.emit}")
-    return EXIT_OK if report is None or report.passed else EXIT_UNVERIFIED
+        return json.dumps(payload, indent=2), code
+    text = _describe(measure, report)
+    if source is not None:
+        text += (f"\n\nwrote {options.emit}" if code == EXIT_OK else
+                 f"\n\nnot written: {options.emit} (verification failed; --no-verify writes it anyway)")
+    return text, code
 
 
-def _list() -> int:
+def _check_new_file(path: str, replace: bool) -> None:
+    """Refuse before any work: a symbolic link at ``path``, or an existing file without --force."""
+    if os.path.islink(path):
+        raise SharpcError(f"--emit {path}: is a symbolic link; sharpc does not follow it (remove it or choose "
+                          "another path)")
+    if os.path.lexists(path) and not replace:
+        raise SharpcError(f"--emit {path}: the file exists; pass --force to replace it")
+
+
+def _write_new_file(path: str, text: str, replace: bool) -> None:
+    """Write without following a symbolic link (O_NOFOLLOW) and, without --force, only a new file (O_EXCL)."""
+    _check_new_file(path, replace)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | (0 if replace else os.O_EXCL)
+    with os.fdopen(os.open(path, flags, 0o644), "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def _list() -> tuple[str, int]:
     from . import compile as compile_measure
     from .catalog import CATALOG
 
-    print(f"{'name':<17}{'expression':<21}{'strategy':<10}{'m':>2}  description")
+    lines = [f"{'name':<17}{'expression':<21}{'strategy':<10}{'m':>2}  description"]
     for entry in CATALOG:
         measure = compile_measure(entry.expression, **entry.options)
-        print(f"{entry.name:<17}{entry.expression:<21}{measure.strategy:<10}{measure.m:>2}  {entry.description}")
-    return EXIT_OK
+        lines.append(f"{entry.name:<17}{entry.expression:<21}{measure.strategy:<10}{measure.m:>2}  "
+                     f"{entry.description}")
+    return "\n".join(lines), EXIT_OK
+
+
+def _print_quietly(text: str) -> None:
+    """Print to stdout; a reader that closed the pipe (``sharpc list | head``) ends output silently."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (see the module docstring)."""
     options = _parser().parse_args(argv)
     try:
-        return _compile(options) if options.command == "compile" else _list()
-    except SharpcError as error:
-        print(f"sharpc: error: {error}", file=sys.stderr)
+        text, code = _compile(options) if options.command == "compile" else _list()
+    except (SharpcError, OSError) as error:
+        print(f"sharpc: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except OSError as error:
-        print(f"sharpc: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except Exception as error:  # noqa: BLE001 - a bug: one line and exit 3, never a traceback
+        print(f"sharpc: internal error: {type(error).__name__}: {_one_line(error)[:300]}; {REPORT_HINT}",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+    _print_quietly(text)
+    return code

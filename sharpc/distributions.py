@@ -65,6 +65,8 @@ class Distribution:
     invariances: ClassVar[tuple[str, ...]] = ()
     #: A point mass: one sample is the whole distribution.
     deterministic: ClassVar[bool] = False
+    #: Total mass 1, so ``sample`` draws the measure itself (not, like Lebesgue, a stand-in).
+    probability: ClassVar[bool] = True
 
     def describe(self) -> str:
         return self.name
@@ -183,8 +185,10 @@ class Lebesgue(Distribution):
 
     truncation: float = 1.0
     name: ClassVar[str] = "lebesgue"
-    invariances: ClassVar[tuple[str, ...]] = ("volume-preserving linear maps SL^±(d)",
-                                              "diagonal scalings with det 1")
+    #: The Lebesgue measure is SL^±(d)-invariant, but the optimizer samples the truncation cube,
+    #: which keeps only the cube's symmetries: those are the ones S actually has.
+    invariances: ClassVar[tuple[str, ...]] = Hypercube.invariances
+    probability: ClassVar[bool] = False
 
     def describe(self) -> str:
         return f"Lebesgue(R^d), sampled on [-{self.truncation:g}, {self.truncation:g}]^d"

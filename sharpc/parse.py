@@ -16,8 +16,10 @@ import re
 import warnings
 
 import sympy as sp
+from sympy.polys.matrices import DomainMatrix
 
 from .errors import ParseError
+from .limits import expanded_terms, leibniz_terms
 from .spectral import D, Eig, EMax, EMin, EProd, ESum, HEntry, hessian_matrix, lam, reductions, substitute_d
 
 MAX_LENGTH = 2000  #: characters of target text
@@ -30,6 +32,8 @@ MAX_BITS = 8192  #: largest numerator or denominator of any exact number built
 MAX_TERMS = 500  #: estimated terms after expanding all reduction bodies
 MAX_MATRIX_D = 6  #: largest d for matrix operations on H (det(H) has d! terms)
 MAX_MATRIX_POWER = 8  #: largest k in H**k
+#: Estimated term products in all matrix operations of one target (det(H**2) at d = 5 would take minutes).
+MAX_MATRIX_WORK = 20_000
 #: SymPy simplifies c**(p/q), for a number c, through numbers of about q*bits(c) bits that
 #: it then factors (12**(99999/100003) takes minutes); this bounds q*bits(c).
 MAX_RADICAL = 1024
@@ -53,7 +57,7 @@ _FUNCTIONS = {
     "maximum": (sp.Max, 2), "minimum": (sp.Min, 2),
 }
 _CONSTANTS = {"pi": sp.pi, "E": sp.E}
-_MATRIX_FUNCTIONS = {"trace": lambda m: m.trace(), "det": lambda m: m.det(method="berkowitz")}
+_MATRIX_FUNCTIONS = ("trace", "det")
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
 #: Constants that can outgrow (or leave the reals from) their arguments; others are not re-checked.
 _GROWING = (sp.Rational, sp.Add, sp.Mul, sp.Pow, sp.exp, sp.log, type(sp.I))
@@ -129,6 +133,7 @@ class _Builder(ast.NodeVisitor):
         self.line_starts = [0] + [m.end() for m in re.finditer(r"\r\n|\r|\n", self.source)]
         self.in_reduction = False
         self.terms_left = MAX_TERMS
+        self.matrix_work_left = MAX_MATRIX_WORK
 
     # -- errors and limits ---------------------------------------------------------
 
@@ -254,21 +259,37 @@ class _Builder(ast.NodeVisitor):
         if self.in_reduction:
             raise self.fail("H cannot be used inside a reduction", node)
 
+    def _check_matrix_work(self, node: ast.Call) -> None:
+        """Refuse trace(...)/det(...) before building it when its estimated work is over MAX_MATRIX_WORK."""
+        terms, work = _matrix_estimate(node.args[0], self.d)
+        work += self.d * terms if node.func.id == "trace" else leibniz_terms(self.d, terms, MAX_MATRIX_WORK)
+        self.matrix_work_left -= work
+        if self.matrix_work_left < 0:
+            raise self.fail(f"the matrix operations would expand to over {MAX_MATRIX_WORK} term products (the "
+                            "limit that keeps compiling under a few seconds); use a smaller d or power", node)
+
+    def _matrix_function(self, name: str, matrix: sp.MatrixBase) -> sp.Expr:
+        """trace or det of a matrix of polynomials in H's entries, expanded; det in a polynomial ring."""
+        if name == "trace":
+            return sp.expand(matrix.trace())
+        ring_matrix = DomainMatrix.from_Matrix(matrix)
+        return sp.expand(ring_matrix.domain.to_sympy(ring_matrix.det()))
+
     def _matrix_binop(self, node: ast.BinOp, left, right) -> sp.Expr:
         """+, -, @ between matrices; * and / by a scalar; M**k for a small positive integer k."""
         both = isinstance(left, sp.MatrixBase) and isinstance(right, sp.MatrixBase)
         if isinstance(node.op, ast.MatMult) and both:
-            return left @ right
+            return _ring_product(left, right)
         if isinstance(node.op, (ast.Add, ast.Sub)) and both:
             return left + right if isinstance(node.op, ast.Add) else left - right
         if isinstance(node.op, ast.Mult) and not both:
             return left * right
-        if isinstance(node.op, ast.Div) and isinstance(right, sp.Expr) and right != 0:
+        if isinstance(node.op, ast.Div) and isinstance(right, sp.Expr) and not _is_zero(right):
             return left / right
         if isinstance(node.op, ast.Pow) and isinstance(left, sp.MatrixBase) and not both:
             if not (right.is_Integer and 0 < right <= MAX_MATRIX_POWER):
                 raise self.fail(f"a matrix power needs an integer exponent 1..{MAX_MATRIX_POWER}", node.right)
-            return left ** int(right)
+            return _ring_product(*[left] * int(right))
         hint = "; use @ for matrix products" if isinstance(node.op, ast.Mult) else ""
         raise self.fail(f"this operation does not combine a matrix and {'a matrix' if both else 'a scalar'}{hint}",
                         node)
@@ -293,7 +314,7 @@ class _Builder(ast.NodeVisitor):
         if isinstance(node.op, (ast.Mult, ast.Div)) and _radicals(left)[0] > 1 < _radicals(right)[0]:
             self._check_radicals(node, 1, left, right)  # c**(p/q) * c**(r/s) = c**((ps+qr)/qs)
         if isinstance(node.op, ast.Div):
-            if right == 0:
+            if _is_zero(right):
                 raise self.fail("division by zero", node.right)
             return left / right
         return _BINARY[type(node.op)](left, right)
@@ -308,7 +329,7 @@ class _Builder(ast.NodeVisitor):
             raise self.fail("exponent must be a real number", node.right)
         if not abs(approx.real) <= MAX_EXPONENT:
             raise self.fail(f"exponent too large (max {MAX_EXPONENT})", node.right)
-        if base == 0 and approx.real < 0:
+        if approx.real < 0 and _is_zero(base):
             raise self.fail("division by zero", node)
         if exponent.is_Rational:  # (c*x)**n = c**n * x**n, computed exactly
             if _radicals(base)[1] * abs(exponent) > MAX_BITS:
@@ -333,10 +354,12 @@ class _Builder(ast.NodeVisitor):
         if name in _MATRIX_FUNCTIONS:
             if node.keywords or len(node.args) != 1:
                 raise self.fail(f"{name} takes exactly 1 argument, a matrix", node)
+            if self.d is not None and self.d <= MAX_MATRIX_D and _mentions_matrix(node.args[0]):
+                self._check_matrix_work(node)
             matrix = self.visit(node.args[0])
             if not isinstance(matrix, sp.MatrixBase):
                 raise self.fail(f"{name} needs a matrix such as H or H @ H", node.args[0])
-            return sp.expand(_MATRIX_FUNCTIONS[name](matrix))
+            return self._matrix_function(name, matrix)
         if name not in _REDUCTIONS and name not in _FUNCTIONS:
             if name in ("l", "d", *_CONSTANTS):
                 raise self.fail(f"{name} is not a function", node.func)
@@ -372,7 +395,7 @@ class _Builder(ast.NodeVisitor):
         finally:
             self.in_reduction = False
         # ESum/EProd expand their body on construction; bound that work first.
-        self.terms_left -= _terms(body, self.terms_left)
+        self.terms_left -= expanded_terms(body, self.terms_left)
         if self.terms_left < 0:
             raise self.fail(f"target is too complex (expands to over {MAX_TERMS} terms)", node)
         value = _REDUCTIONS[name](body)
@@ -385,9 +408,9 @@ class _Builder(ast.NodeVisitor):
         return value
 
 
-def _mentions_matrix(node: ast.BinOp) -> bool:
-    """Whether an operand is a matrix expression: a bare H (not an entry) outside trace/det."""
-    stack = [node.left, node.right]
+def _mentions_matrix(node: ast.expr) -> bool:
+    """Whether ``node`` is a matrix expression: it has a bare H (not an entry) outside trace/det."""
+    stack = [node]
     while stack:
         child = stack.pop()
         if isinstance(child, ast.Name) and child.id == "H":
@@ -398,6 +421,42 @@ def _mentions_matrix(node: ast.BinOp) -> bool:
         if isinstance(child, (ast.BinOp, ast.UnaryOp)):
             stack.extend(ast.iter_child_nodes(child))
     return False
+
+
+def _ring_product(*matrices: sp.MatrixBase) -> sp.MatrixBase:
+    """The product of matrices of polynomials, multiplied in a polynomial ring (SymPy's expand is ~20x slower)."""
+    product = DomainMatrix.from_Matrix(matrices[0])
+    for matrix in matrices[1:]:
+        left, right = product.unify(DomainMatrix.from_Matrix(matrix))
+        product = left.matmul(right)
+    return product.to_Matrix()
+
+
+def _matrix_estimate(node: ast.expr, d: int) -> tuple[int, int]:
+    """(terms per entry, term products to build it) for a matrix expression, from its syntax alone.
+
+    Upper bounds before like terms merge: an entry of A @ B has at most d * tA * tB terms, and
+    building A @ B takes d**3 * tA * tB products. Scalar factors count as one term.
+    """
+    cap = MAX_MATRIX_WORK + 1
+    if isinstance(node, ast.UnaryOp):
+        return _matrix_estimate(node.operand, d)
+    if not isinstance(node, ast.BinOp):
+        return 1, 0  # H itself, or a scalar factor
+    left, right = _matrix_estimate(node.left, d), _matrix_estimate(node.right, d)
+    if isinstance(node.op, ast.MatMult):
+        terms = min(d * left[0] * right[0], cap)
+        return terms, min(left[1] + right[1] + d**3 * left[0] * right[0], cap)
+    if isinstance(node.op, (ast.Add, ast.Sub)):
+        return min(left[0] + right[0], cap), min(left[1] + right[1], cap)
+    if isinstance(node.op, ast.Pow):
+        exponent = _int_literal(node.right) or 1
+        terms, work = left
+        for _ in range(max(exponent, 1) - 1):
+            work = min(work + d**3 * terms * left[0], cap)
+            terms = min(d * terms * left[0], cap)
+        return terms, work
+    return max(left[0], right[0]), min(left[1] + right[1], cap)  # a scalar times a matrix
 
 
 def _int_literal(node: ast.expr) -> int | None:
@@ -429,6 +488,21 @@ def _bits_of_power(power: sp.Pow, d: int) -> float:
     return max(_radicals(power.base)[1] - 1, 0) * abs(exponent)  # (-1)**D costs nothing
 
 
+def _is_zero(value: sp.Expr) -> bool:
+    """Whether a constant is 0 (also when SymPy keeps it unsimplified, as cos(1)**2 + sin(1)**2 - 1).
+
+    Only values that evaluate to nearly 0 get the exact (slower) test; an undecidable one counts as 0.
+    """
+    if value == 0:
+        return True
+    if not value.is_number or value.has(Eig):
+        return False
+    approx = _approximate(value)
+    if approx is None or abs(approx) > 1e-12:
+        return False
+    return value.equals(0) is not False
+
+
 def _approximate(value: sp.Expr) -> complex | None:
     """A numeric value for a constant built from bounded parts (so evalf stays cheap)."""
     try:
@@ -449,24 +523,6 @@ def _constant_problem(value: sp.Expr) -> str | None:
     if not abs(approx) <= MAX_MAGNITUDE:
         return "number too large"
     return "value is not a real number" if approx.imag != 0 else None
-
-
-def _terms(expr: sp.Expr, cap: int) -> int:
-    """An upper bound (saturating just above ``cap``) on the terms ``expand`` makes of ``expr``."""
-    if expr.is_Add:
-        return min(sum(_terms(arg, cap) for arg in expr.args), cap + 1)
-    if expr.is_Mul:
-        return min(math.prod(_terms(arg, cap) for arg in expr.args), cap + 1)
-    if expr.is_Pow and expr.exp.is_Integer and expr.exp > 0:
-        k, n = _terms(expr.base, cap), int(expr.exp)
-        count, top, m = 1, max(n, k - 1), min(n, k - 1)  # monomials of degree n in k terms
-        for i in range(1, m + 1):
-            count = count * (top + i) // i
-            if count > cap:
-                return cap + 1
-        return count
-    # Functions and other powers are not multiplied out, but their arguments are expanded.
-    return max(1, min(sum(_terms(arg, cap) for arg in expr.args), cap + 1))
 
 
 def _as_text(text: object) -> str:

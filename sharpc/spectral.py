@@ -195,6 +195,7 @@ class HEntry(sp.Function):
 
     nargs = 2
     is_real = True
+    is_number = False  # numeric indices do not make it a number: it depends on H
 
     @classmethod
     def eval(cls, i, j):

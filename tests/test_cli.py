@@ -88,3 +88,109 @@ def test_emit_refuses_a_bad_class_name(capsys, tmp_path):
                        "--name", "not a name")
     assert code == 2 and "cannot name a generated optimizer class" in err
     assert not (tmp_path / "x.py").exists()
+
+
+# ---------------------------------------------------------------- options, exit codes, no tracebacks
+@pytest.mark.parametrize("option", [
+    ["--half-width", "inf"], ["--half-width", "0"], ["--half-width", "nan"], ["--seed", "-1"],
+    ["--seed", str(2**64)], ["--samples", "100000000000"], ["--samples", "1e11"], ["--samples", "1"],
+    ["--bound", "1e300"], ["--bound", "-2"], ["--d", "0"], ["--d", "3.5"], ["--d", str(10**13)],
+])
+def test_out_of_range_options_exit_2_in_one_line(capsys, option):
+    with pytest.raises(SystemExit) as stop:
+        main(["compile", "max(l)", "--d", "3", *option])
+    _, err = capsys.readouterr()
+    assert stop.value.code == 2
+    assert err.count("\n") == 1 and "must be" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("options", [dict(bound=1e300), dict(bound=float("inf")), dict(half_width=float("inf")),
+                                     dict(half_width=1e300), dict(d=10**13), dict(bound=10**400)])
+def test_api_out_of_range_options_raise_sharpc_error(options):
+    import sharpc
+
+    with pytest.raises(sharpc.SharpcError, match="must be"):
+        sharpc.compile("max(l)", **({"d": 3} | options))
+
+
+@pytest.mark.parametrize("options", [dict(seed=-1), dict(samples=10**11), dict(samples=1), dict(seed=1.5)])
+def test_api_verify_options_raise_sharpc_error(options):
+    import sharpc
+
+    with pytest.raises(sharpc.SharpcError, match="must be"):
+        sharpc.compile("sum(l)").verify(**options)
+
+
+def test_version(capsys):
+    import sharpc
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"sharpc {sharpc.__version__}"
+
+
+def test_internal_error_exits_3_with_one_line_and_a_report_hint(capsys, monkeypatch):
+    import sharpc
+
+    monkeypatch.setattr(sharpc, "compile", lambda *a, **k: 1 / 0)
+    code, out, err = run(capsys, "compile", "sum(l)")
+    assert code == 3 and out == ""
+    assert err.count("\n") == 1 and "ZeroDivisionError" in err and "report" in err
+
+
+def test_closed_pipe_ends_quietly():
+    shell = f"{sys.executable} -m sharpc list | head -1"
+    result = subprocess.run(shell, shell=True, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert result.stdout.startswith("name") and result.stdout.count("\n") == 1
+    assert result.stderr == ""
+
+
+# ---------------------------------------------------------------- emit hygiene
+@pytest.mark.parametrize("name", ["super", "float", "sum", "len", "torch", "ｔｏｒｃｈ", "PhiPsiSAM", "class"])
+def test_emit_refuses_names_that_shadow_what_the_module_uses(capsys, tmp_path, name):
+    code, _, err = run(capsys, "compile", "sum(l**2)", "--no-verify", "--emit", str(tmp_path / "x.py"),
+                       "--name", name)
+    assert code == 2 and "cannot name a generated optimizer class" in err
+    assert not (tmp_path / "x.py").exists()
+
+
+def test_emit_needs_a_path(capsys):
+    code, _, err = run(capsys, "compile", "sum(l)", "--no-verify", "--emit", "")
+    assert code == 2 and "--emit needs a file path" in err
+
+
+def test_emit_does_not_overwrite_without_force(capsys, tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("keep me")
+    code, _, err = run(capsys, "compile", "sum(l)", "--no-verify", "--emit", str(path))
+    assert code == 2 and "exists" in err and path.read_text() == "keep me"
+    code, _, _ = run(capsys, "compile", "sum(l)", "--no-verify", "--emit", str(path), "--force")
+    assert code == 0 and "class SharpSAM(PhiPsiSAM)" in path.read_text()
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_emit_does_not_follow_symlinks(capsys, tmp_path, force):
+    victim, link = tmp_path / "victim.txt", tmp_path / "m.py"
+    victim.write_text("keep me")
+    link.symlink_to(victim)
+    code, _, err = run(capsys, "compile", "sum(l)", "--no-verify", "--emit", str(link), *force)
+    assert code == 2 and "symbolic link" in err and victim.read_text() == "keep me"
+
+
+def test_no_module_is_written_when_verification_fails(capsys, monkeypatch, tmp_path):
+    import sharpc.verify
+
+    monkeypatch.setattr(sharpc.verify, "certify", lambda measure: ("forced failure", False))
+    path = tmp_path / "m.py"
+    code, out, _ = run(capsys, "compile", "sum(l**2)", "--samples", "1000", "--emit", str(path))
+    assert code == 1 and "not written" in out and not path.exists()
+    code, _, _ = run(capsys, "compile", "sum(l**2)", "--no-verify", "--emit", str(path))
+    assert code == 0 and path.exists()
+
+
+@pytest.mark.parametrize("expression", ["sum(l)/(cos(1)**2+sin(1)**2-1)", "sum(l)*(sqrt(2)*sqrt(3)-sqrt(6))**-1",
+                                        "sum(l/(exp(1)*exp(-1)-1))"])
+def test_zero_constant_denominators_are_refused_at_compile_time(capsys, expression):
+    code, _, err = run(capsys, "compile", expression, "--no-verify")
+    assert code == 2 and "division by zero" in err

@@ -16,12 +16,14 @@ of its form. The registry order is the order of preference, cheapest exact form 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import sympy as sp
 
+from ..domains import infer_domain
 from ..errors import DerivationError
+from ..limits import MAX_PHI_TERMS, expanded_terms
 from ..measure import Measure
 from ..spectral import is_matrix_target, reductions, substitute_d
 
@@ -61,8 +63,8 @@ def affine_in(target: sp.Expr, atom: sp.Expr) -> tuple[sp.Expr, sp.Expr] | None:
     """(c, k) with target == c * atom + k and c, k free of spectral atoms, else None."""
     y = sp.Dummy("y")
     replaced = target.xreplace({atom: y})
-    if reductions(replaced):
-        return None
+    if reductions(replaced) or expanded_terms(replaced, MAX_PHI_TERMS) > MAX_PHI_TERMS:
+        return None  # other atoms remain, or too large to be c * atom + k for a readable c
     slope = sp.expand(sp.diff(replaced, y))
     if slope.has(y) or slope == 0:
         return None
@@ -112,6 +114,17 @@ REGISTRY: dict[str, Strategy] = {
 }
 
 
+def _within_target_domain(measure: Measure) -> Measure:
+    """The measure restricted to spectra where its target is a finite real (or a DerivationError)."""
+    if is_matrix_target(measure.target):
+        return measure
+    domain = infer_domain(measure.target, measure.domain)
+    if domain == measure.domain:
+        return measure
+    return replace(measure, domain=domain,
+                   assumptions=measure.assumptions + (f"{domain.describe()} ({domain.reason})",))
+
+
 def derive(request: Request, strategy: str | None = None) -> Measure:
     """The first strategy that accepts the target (or the one named), else a DerivationError."""
     matrix_target = is_matrix_target(request.target)
@@ -127,7 +140,7 @@ def derive(request: Request, strategy: str | None = None) -> Measure:
             if entry.matrix != matrix_target:
                 raise Decline("targets in the matrix H need the dirac strategy" if matrix_target
                               else "takes targets in the matrix H only")
-            return entry.derive(request)
+            return _within_target_domain(entry.derive(request))
         except Decline as why:
             reasons.append(f"{entry.name}: {why}")
     raise DerivationError(f"no strategy represents {request.source!r} — " + "; ".join(reasons))

@@ -19,6 +19,7 @@ from sympy.polys.polyfuncs import symmetrize
 from ..cumulants import cumulants_from_raw
 from ..distributions import Gaussian, t
 from ..errors import DerivationError
+from ..limits import MAX_PHI_TERMS, expanded_terms
 from ..measure import Measure, SampleGroup, phi_symbols
 from ..spectral import Eig, ESum, eigenvalue_symbols, expand_spectrum, lam, reductions
 from . import Decline, Request, Strategy, make_measure, tuple_text
@@ -28,6 +29,8 @@ SUMMARY = "polynomials in power sums p_k (any d) or symmetric polynomials (concr
 
 #: Highest moment used; E[Q^K] estimators get heavy-tailed quickly beyond this.
 MAX_ORDER = 12
+#: Monomials of an explicit polynomial in l_1..l_d that symmetrize may rewrite (prod(1 + l + l**2) at d = 8 has 6561).
+MAX_SYMMETRIZE_TERMS = 1000
 
 
 def _power_sum_order(atom: sp.Expr) -> int | None:
@@ -77,6 +80,9 @@ def _as_power_sum_polynomial(request: Request) -> tuple[sp.Expr, list[str]]:
     explicit = expand_spectrum(target, eigenvalues)
     if not explicit.is_polynomial(*eigenvalues):
         raise Decline(f"not a polynomial in l_1..l_{request.d}")
+    if expanded_terms(explicit, MAX_SYMMETRIZE_TERMS) > MAX_SYMMETRIZE_TERMS:
+        raise Decline(f"with d = {request.d} the target expands to over {MAX_SYMMETRIZE_TERMS} monomials in "
+                      "l_1..l_d, the limit for symmetrizing it in a few seconds")
     notes.append(f"with d = {request.d}: symmetrize into elementary symmetric polynomials, "
                  "then Newton's identities into power sums")
     return symmetric_in_power_sums(explicit, eigenvalues), notes
@@ -91,6 +97,10 @@ def derive(request: Request) -> Measure:
     raw = phi_symbols(order)
     kappas = cumulants_from_raw(raw)
     power_sums = {ESum(lam**k): 2 * kappas[k - 1] / sp.factorial(k - 1) for k in range(1, order + 1)}
+    sizes = {atom: len(sp.Add.make_args(value)) for atom, value in power_sums.items()}
+    if expanded_terms(polynomial, MAX_PHI_TERMS, sizes) > MAX_PHI_TERMS:
+        raise Decline(f"phi in the raw moments would expand to over {MAX_PHI_TERMS} terms (the limit that keeps "
+                      "compiling and verifying under a few seconds)")
     phi = sp.expand(polynomial.xreplace(power_sums))
     psi = tuple(t**k for k in range(1, order + 1))
     steps = (

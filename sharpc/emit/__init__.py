@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ast
 import functools
-import keyword
 from dataclasses import dataclass
 from importlib import resources
 from math import factorial, prod
@@ -33,6 +32,7 @@ from sympy.utilities.iterables import multiset_partitions
 from ..distributions import Adaptive, Dirac, DiracAt, Distribution, Gaussian, Hypercube, Lebesgue, Sphere, t
 from ..errors import OptimizerError
 from ..measure import Measure
+from .names import check_class_name
 from .printer import torch_code
 
 __all__ = ["UStatistic", "unbiased_estimator", "generate", "group_specs", "emit_module", "recommended"]
@@ -166,9 +166,7 @@ def _degree(measure: Measure) -> int:
 # ----------------------------------------------------------------------------- source
 def generate(measure: Measure, name: str, recommended_overrides: dict | None = None) -> str:
     """Python source defining phi, psi, ustat, scale, offset and ``class <name>(PhiPsiSAM)``."""
-    if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_") or name in _taken_names():
-        raise OptimizerError(f"{name!r} cannot name a generated optimizer class (it must be an identifier "
-                             "not starting with _ and not a name runtime.py or the generated code defines)")
+    check_class_name(name, _taken_names())
     m = measure.m
     phi_args = [s.name for s in measure.phi_args]
     phi_code = torch_code(measure.phi, {*phi_args, "d"})
