@@ -124,9 +124,9 @@ def certify(measure: Measure) -> tuple[str, bool | None]:
         if closed is None:
             return f"no closed form for psi_{component + 1} under {measure.distribution_of(component).describe()}", None
         integrals.append(closed)
+    if measure.phi.has(RootEig):
+        return _certify_recovery(measure, dict(zip(measure.phi_args, integrals)))
     value = measure.scale * measure.phi.xreplace(dict(zip(measure.phi_args, integrals))) + measure.offset
-    if value.has(RootEig):
-        return _certify_recovery(measure, value)
     difference = value - measure.target
     if measure.d is not None:
         if _vanishes(difference):  # in spectral atoms: cheap for any d
@@ -142,25 +142,64 @@ def certify(measure: Measure) -> tuple[str, bool | None]:
     return "closed form at d = 1..6", ok
 
 
-def _certify_recovery(measure: Measure, value: sp.Expr) -> tuple[str, bool]:
+def _in_elementary(expr: sp.Expr, d: int) -> sp.Expr | None:
+    """``expr`` with power sums and prod(1 + s l) written in symbols e_1..e_d, else None.
+
+    For d eigenvalues, p_k follows from Newton's identities and prod(1 + s l) = sum s^k e_k;
+    e_1..e_d are algebraically independent, so a polynomial identity in them is a proof.
+    This stays small at d = 8, where expanding in l_1..l_d took minutes.
+    """
+    e = [sp.Integer(1), *sp.symbols(f"e1:{d + 1}")]
+    elementary = lambda k: e[k] if k <= d else sp.Integer(0)  # noqa: E731
+    replacements = {}
+    for atom in reductions(expr):
+        body = atom.body if isinstance(atom, (ESum, EProd)) else None
+        if isinstance(atom, ESum) and (body == lam or (body.is_Pow and body.base == lam and body.exp.is_Integer)):
+            order = 1 if body == lam else int(body.exp)
+            if order < 1:
+                return None
+            powers: list[sp.Expr] = [sp.Integer(d)]
+            for k in range(1, order + 1):
+                powers.append(sp.expand((-1) ** (k - 1) * k * elementary(k) + sum(
+                    (-1) ** (i - 1) * elementary(i) * powers[k - i] for i in range(1, k))))
+            replacements[atom] = powers[order]
+        elif isinstance(atom, EProd) and body.is_polynomial(lam) and sp.degree(body, lam) == 1 \
+                and body.subs(lam, 0) == 1:
+            slope = sp.diff(body, lam)
+            replacements[atom] = sum(slope**k * e[k] for k in range(d + 1))
+        else:
+            return None
+    return sp.expand(expr.xreplace(replacements))
+
+
+def _certify_recovery(measure: Measure, integrals: dict[sp.Symbol, sp.Expr]) -> tuple[str, bool]:
     """Theorem 6 measures: the recovered coefficients must be those of prod(1 - l_i s) exactly.
 
     Then RootEig(k, ...) is the k-th largest eigenvalue, and phi is the target on them.
+    The integrals go into the coefficients only: rebuilding Max(RootEig, ...) around them
+    makes SymPy compare huge expressions.
     """
-    symbols = eigenvalue_symbols(measure.d)
-    explicit = expand_spectrum(value, symbols)
-    s = sp.Symbol("s")
-    expected = sp.Poly(sp.expand(sp.Mul(*(1 - x * s for x in symbols))), s).all_coeffs()[::-1][1:]
+    d = measure.d
+    symbols = eigenvalue_symbols(d)
+    roots = measure.phi.atoms(RootEig)
+    if len({root.args[1:] for root in roots}) != 1:
+        return "the recovered roots do not share one polynomial", False
+    (coefficients,) = {tuple(c.xreplace(integrals) for c in root.args[1:]) for root in roots}
     ok = True
-    sorted_symbols = {}
-    for root in explicit.atoms(RootEig):
-        k, *coefficients = root.args
-        ok &= all(_vanishes(c - e) for c, e in zip(coefficients, expected))
-        sorted_symbols[root] = symbols[int(k)]
+    expected = [(-1) ** k * sp.Symbol(f"e{k}") for k in range(1, d + 1)]
+    recovered = [_in_elementary(c, d) for c in coefficients]
+    if all(r is not None for r in recovered):
+        ok &= all(sp.expand(r - x) == 0 for r, x in zip(recovered, expected))
+    else:  # an atom the elementary rewrite does not know: expand in l_1..l_d
+        s = sp.Symbol("s")
+        explicit = sp.Poly(sp.expand(sp.Mul(*(1 - x * s for x in symbols))), s).all_coeffs()[::-1][1:]
+        ok &= all(_vanishes(expand_spectrum(c, symbols) - x) for c, x in zip(coefficients, explicit))
+    on_roots = measure.scale * measure.phi.xreplace({root: symbols[int(root.args[0])] for root in roots}) \
+        + measure.offset
     target = expand_spectrum(measure.target, symbols)
-    target = target.xreplace({e: symbols[int(e.args[0]) % measure.d] for e in target.atoms(Eig)})
-    ok &= _vanishes(explicit.xreplace(sorted_symbols) - target)
-    return (f"coefficients of prod(1 - l_i s) recovered exactly at d = {measure.d}; "
+    target = target.xreplace({e: symbols[int(e.args[0]) % d] for e in target.atoms(Eig)})
+    ok &= _vanishes(expand_spectrum(on_roots, symbols) - target)
+    return (f"coefficients of prod(1 - l_i s) recovered exactly at d = {d}; "
             "phi is the target on the sorted roots", bool(ok))
 
 
@@ -201,10 +240,15 @@ _NUMPY = {
 }
 
 
+#: SymPy's Python printer writes sign(x) as a scalar ``if``, which fails on arrays.
+_ARRAY_SIGN = sp.Function("array_sign")
+_NUMPY["array_sign"] = np.sign
+
+
 @lru_cache(maxsize=64)
 def _numeric(expr: sp.Expr, args: tuple[sp.Symbol, ...]):
     # Our own expressions in our own symbols only: user text never reaches lambdify.
-    return sp.lambdify(args, expr, modules=[_NUMPY])
+    return sp.lambdify(args, expr.replace(sp.sign, _ARRAY_SIGN), modules=[_NUMPY])
 
 
 _REDUCE = {ESum: np.sum, EProd: np.prod, EMax: np.max, EMin: np.min}
@@ -243,19 +287,33 @@ def _reduce(atom: sp.Expr, eigenvalues: np.ndarray) -> float:
 
 @lru_cache(maxsize=32)
 def _numeric_measure(measure: Measure, d: int):
-    """psi components, phi, grad phi, scale and offset at dimension d, as numpy callables (built once)."""
+    """psi components, phi, scale and offset at dimension d, as numpy callables (built once).
+
+    grad phi is taken numerically (:func:`_gradient`): printing SymPy's derivative of a
+    Theorem 6 phi (roots of a polynomial in the t's) took seconds to minutes at d >= 4.
+    """
     psi = [_numeric(p.subs(D, d), (measure.psi_arg,)) for p in measure.psi]
-    phi = measure.phi.subs(D, d)
-    args = measure.phi_args
-    gradient = [_numeric(sp.diff(phi, a), args) for a in args]
+    phi = _numeric(measure.phi.subs(D, d), measure.phi_args)
     scale, offset = (float(sp.sympify(x).subs(D, d)) for x in (measure.scale, measure.offset))
-    return psi, _numeric(phi, args), gradient, scale, offset
+    return psi, phi, scale, offset
+
+
+def _gradient(phi, point: np.ndarray) -> np.ndarray:
+    """Central differences of phi at ``point``, with steps relative to each coordinate."""
+    steps = 1e-6 * np.maximum(1.0, np.abs(point))
+    slope = np.empty(len(point))
+    for j, h in enumerate(steps):
+        up, down = point.copy(), point.copy()
+        up[j] += h
+        down[j] -= h
+        slope[j] = (float(phi(*up)) - float(phi(*down))) / (2 * h)
+    return slope
 
 
 def _estimate(measure: Measure, d: int, hessian: np.ndarray, spectrum: np.ndarray, n: int,
               rng: np.random.Generator) -> tuple[float, float]:
     """scale * phi(component means) + offset, and its delta-method standard error."""
-    psi, phi, gradient, scale, offset = _numeric_measure(measure, d)
+    psi, phi, scale, offset = _numeric_measure(measure, d)
     means = np.zeros(measure.m)
     covariance = np.zeros((measure.m, measure.m))
     for group in measure.groups:
@@ -266,7 +324,7 @@ def _estimate(measure: Measure, d: int, hessian: np.ndarray, spectrum: np.ndarra
         idx = np.array(group.components)
         means[idx] = values.mean(axis=1)
         covariance[np.ix_(idx, idx)] = np.atleast_2d(np.cov(values)) / n
-    slope = np.array([float(g(*means)) for g in gradient])
+    slope = _gradient(phi, means)
     estimate = scale * float(phi(*means)) + offset
     stderr = abs(scale) * math.sqrt(max(float(slope @ covariance @ slope), 0.0))
     return estimate, stderr
