@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--invariant", choices=("scale",), default=None,
                       help="ask for a measure invariant under positive diagonal rescalings (adaptive mu)")
     comp.add_argument("--force", action="store_true", help="allow constructions above their cost limits")
+    comp.add_argument("--degree", type=_positive_int, default=None,
+                      help="polynomial degree / p-norm order of approximations (default: chosen by bias and variance)")
+    comp.add_argument("--budget", type=_positive_int, default=16,
+                      help="samples per step assumed when choosing the degree (default 16)")
+    comp.add_argument("--size", type=_positive_int, default=None,
+                      help="number of eigenvalues (parameters) assumed when choosing the degree without --d")
     comp.add_argument("--half-width", type=float, default=1.0, help="hypercube/truncation half-width (default 1)")
     comp.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     comp.add_argument("--no-verify", action="store_true", help="skip verification")
@@ -83,6 +89,7 @@ def _describe(measure, report) -> str:
         f"assumptions  {'; '.join(measure.assumptions) or 'none'}",
         f"domain       {measure.domain.describe()}",
         f"exact        {'yes' if measure.exact else 'no (approximation)'}",
+        *([f"error bound  |target - S| <= {sp.sstr(measure.error_bound)}"] if measure.error_bound is not None else []),
         *([f"samples      about {measure.recommended_samples(0.1)} per step for a 10% standard error "
            f"(spectrum spread to the domain bounds)"] if measure.variance_per_sample is not None else []),
         "",
@@ -110,7 +117,8 @@ def _compile(options: argparse.Namespace) -> int:
 
     measure = compile_measure(options.expression, d=options.d, strategy=options.strategy, bound=options.bound,
                               invariant=options.invariant, force=options.force,
-                              det_sampling=options.det_sampling, half_width=options.half_width)
+                              det_sampling=options.det_sampling, half_width=options.half_width,
+                              degree=options.degree, budget=options.budget, size=options.size)
     report = None if options.no_verify else measure.verify(seed=options.seed, samples=options.samples)
     if options.emit:
         from .emit.standalone import emit_module

@@ -87,6 +87,10 @@ class Measure:
     exact: bool = True
     #: Variance of one sample's contribution to the regularizer estimate, where it was measured.
     variance_per_sample: float | None = None
+    #: For approximations: what scale * S + offset equals exactly (the target is met within error_bound).
+    approximant: sp.Expr | None = None
+    #: For approximations: |target - (scale * S + offset)| <= error_bound on the domain (in d).
+    error_bound: sp.Expr | None = None
 
     # ----------------------------------------------------------------- structure
     @property
@@ -213,5 +217,7 @@ class Measure:
             "invariances": list(self.invariances),
             "cost_per_step": self.cost(),
             "variance_per_sample": self.variance_per_sample,
+            "approximant": None if self.approximant is None else sp.sstr(self.approximant),
+            "error_bound": None if self.error_bound is None else sp.sstr(self.error_bound),
             "steps": list(self.steps),
         }

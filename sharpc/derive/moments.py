@@ -20,7 +20,7 @@ from ..cumulants import cumulants_from_raw
 from ..distributions import Gaussian, t
 from ..errors import DerivationError
 from ..measure import Measure, SampleGroup, phi_symbols
-from ..spectral import Eig, ESum, eigenvalue_symbols, expand_spectrum, lam, reductions
+from ..spectral import Eig, ESum, eigenvalue_symbols, expand_spectrum, lam, power_sum_order, reductions
 from . import Decline, Request, Strategy, make_measure, tuple_text
 
 NAME = "moments"
@@ -28,18 +28,6 @@ SUMMARY = "polynomials in power sums p_k (any d) or symmetric polynomials (concr
 
 #: Highest moment used; E[Q^K] estimators get heavy-tailed quickly beyond this.
 MAX_ORDER = 12
-
-
-def _power_sum_order(atom: sp.Expr) -> int | None:
-    """k when ``atom`` is p_k = sum(l**k) with k a positive integer."""
-    if not isinstance(atom, ESum):
-        return None
-    body = atom.body
-    if body == lam:
-        return 1
-    if body.is_Pow and body.base == lam and body.exp.is_Integer and body.exp > 0:
-        return int(body.exp)
-    return None
 
 
 def _newton_elementary(k_max: int, p: Sequence[sp.Expr]) -> list[sp.Expr]:
@@ -66,7 +54,7 @@ def symmetric_in_power_sums(poly: sp.Expr, eigenvalues: Sequence[sp.Symbol]) -> 
 def _as_power_sum_polynomial(request: Request) -> tuple[sp.Expr, list[str]]:
     target, notes = request.target, []
     atoms = reductions(target)
-    if all(_power_sum_order(a) for a in atoms):
+    if all(power_sum_order(a) for a in atoms):
         return target, notes
     if request.d is None:
         raise Decline("not a polynomial in power sums sum(l**k); with a concrete --d, "
@@ -84,7 +72,7 @@ def _as_power_sum_polynomial(request: Request) -> tuple[sp.Expr, list[str]]:
 
 def derive(request: Request) -> Measure:
     polynomial, notes = _as_power_sum_polynomial(request)
-    orders = {k for a in reductions(polynomial) if (k := _power_sum_order(a))}
+    orders = {k for a in reductions(polynomial) if (k := power_sum_order(a))}
     order = max(orders, default=1)
     if order > MAX_ORDER:
         raise Decline(f"needs moments up to E[Q^{order}]; the limit is {MAX_ORDER}")
