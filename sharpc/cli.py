@@ -91,7 +91,7 @@ def _describe(measure, report) -> str:
         f"exact        {'yes' if measure.exact else 'no (approximation)'}",
         *([f"error bound  |target - S| <= {sp.sstr(measure.error_bound)}"] if measure.error_bound is not None else []),
         *([f"samples      about {measure.recommended_samples(0.1)} per step for a 10% standard error "
-           f"(spectrum spread to the domain bounds)"] if measure.variance_per_sample is not None else []),
+           f"(worst of spread and clustered probe spectra)"] if measure.variance_per_sample is not None else []),
         "",
         "derivation",
         *(f"  {i}. {step}" for i, step in enumerate(measure.steps, start=1)),

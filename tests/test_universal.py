@@ -48,12 +48,18 @@ def test_issue_examples_verify(expression, d, bound):
 @pytest.mark.parametrize("missing", [dict(d=3), dict(bound=1.0), dict()])
 def test_missing_d_or_bound_is_named(missing):
     with pytest.raises(sharpc.DerivationError, match="universality construction needs"):
-        sharpc.compile("max(l)", **missing)
+        sharpc.compile("max(l)", strategy="universal", **missing)
 
 
-def test_d_above_the_limit_is_refused():
+def test_d_above_the_limit_is_refused_by_theorem6_and_routed_to_the_surrogate():
     with pytest.raises(sharpc.DerivationError, match="exceeds the limit"):
-        sharpc.compile("max(l)", d=20, bound=1)
+        sharpc.compile("max(l)", d=20, bound=1, strategy="universal")
+    assert sharpc.compile("max(l)", d=20, bound=1).strategy == "surrogate"
+
+
+def test_without_a_bound_the_reasons_name_bound():
+    with pytest.raises(sharpc.DerivationError, match="surrogates need --bound"):
+        sharpc.compile("max(l)")
 
 
 def test_nodes_are_distinct_nonzero_and_inside_the_finite_variance_interval():

@@ -20,7 +20,7 @@ from ..cumulants import cumulants_from_raw
 from ..distributions import Gaussian, t
 from ..errors import DerivationError
 from ..measure import Measure, SampleGroup, phi_symbols
-from ..spectral import Eig, ESum, eigenvalue_symbols, expand_spectrum, lam, power_sum_order, reductions
+from ..spectral import Eig, EMax, EMin, ESum, eigenvalue_symbols, expand_spectrum, lam, power_sum_order, reductions
 from . import Decline, Request, Strategy, make_measure, tuple_text
 
 NAME = "moments"
@@ -61,6 +61,9 @@ def _as_power_sum_polynomial(request: Request) -> tuple[sp.Expr, list[str]]:
                       "symmetric polynomials such as prod(l) qualify")
     if target.has(Eig):
         raise Decline("sorted eigenvalues l[k] are not polynomials in the spectrum")
+    # Checked before expanding: d-term Max/exp expressions take minutes at d in the thousands.
+    if any(isinstance(a, (EMax, EMin)) or not a.body.is_polynomial(lam) for a in atoms):
+        raise Decline("max, min and non-polynomial bodies are not polynomials in the spectrum")
     eigenvalues = eigenvalue_symbols(request.d)
     explicit = expand_spectrum(target, eigenvalues)
     if not explicit.is_polynomial(*eigenvalues):

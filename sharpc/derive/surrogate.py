@@ -131,7 +131,7 @@ def derive(request: Request) -> Measure:
     q = chosen.order
     exact = moments.derive(replace(request, target=chosen.surrogate))
     bound = sp.Abs(c) * (D ** sp.Rational(1, q) - 1) * sp.nsimplify(norm.reach(request.bound))
-    bound = bound if request.d is None else bound.subs(D, request.d)
+    bound = bound if request.d is None else sp.Float(float(bound.subs(D, request.d)), 4)
     table = "; ".join(f"q={cand.order}: bias {cand.bias:.3g}, var {cand.variance:.3g}" for cand in found)
     steps = (
         f"target = {sp.sstr(request.target)}",
