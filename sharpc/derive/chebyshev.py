@@ -49,8 +49,8 @@ class Fit:
 def fit(f: Callable[[np.ndarray], np.ndarray], bound: float, degree: int) -> Fit:
     """Chebyshev interpolant of ``f`` of the given degree, in the power basis, with its error.
 
-    The error is the largest |f - p| on a uniform grid plus (h/2)(max|f'| + max|p'|), the
-    most |f - p| can grow between grid points h apart (slopes estimated on the grid).
+    The error is the largest |f - p| on a uniform grid plus (h/2) max|(f - p)'|, the most
+    |f - p| can grow between grid points h apart (the slope estimated on the grid).
     """
     series = Chebyshev.interpolate(f, degree, domain=[-bound, bound])
     power = series.convert(kind=Polynomial, domain=[-bound, bound], window=[-bound, bound])
@@ -63,10 +63,8 @@ def fit(f: Callable[[np.ndarray], np.ndarray], bound: float, degree: int) -> Fit
     coefficients = np.array([float(f"{c:.12g}") for c in coefficients])
     grid = np.linspace(-bound, bound, GRID)
     values = np.broadcast_to(f(grid), grid.shape)
-    polynomial = Polynomial(coefficients)
-    step = grid[1] - grid[0]
-    slope = np.max(np.abs(np.diff(values))) / step + np.max(np.abs(polynomial.deriv()(grid)))
-    error = float(np.max(np.abs(values - polynomial(grid))) + step / 2 * slope)
+    residual = values - Polynomial(coefficients)(grid)
+    error = float(np.max(np.abs(residual)) + np.max(np.abs(np.diff(residual))) / 2)
     return Fit(degree, tuple(float(c) for c in coefficients), error)
 
 
