@@ -151,7 +151,7 @@ def _in_elementary(expr: sp.Expr, d: int) -> sp.Expr | None:
     This stays small at d = 8, where expanding in l_1..l_d took minutes.
     """
     e = [sp.Integer(1), *sp.symbols(f"e1:{d + 1}")]
-    elementary = lambda k: e[k] if k <= d else sp.Integer(0)  # noqa: E731
+    elementary = lambda k: e[k] if k <= d else sp.Integer(0)
     replacements = {}
     for atom in reductions(expr):
         body = atom.body if isinstance(atom, (ESum, EProd)) else None

@@ -191,7 +191,7 @@ def derive(request: Request) -> Measure:
         f"target = {sp.sstr(request.target)}",
         f"on [-{request.bound:g}, {request.bound:g}], f is replaced by its Chebyshev interpolant p of degree "
         f"{chosen.degree}: sup|f - p| <= "
-        + ", ".join(f"{f.error:.3g}" for f in chosen.fits) + " (grid of 20,001 points plus a slope margin)",
+        + ", ".join(f"{f.error:.3g}" for f in chosen.fits) + f" (grid of {GRID:,} points plus a slope margin)",
         why,
         f"approximation error |target - S| <= {sp.sstr(bound)} (|c| * d * sup|f - p| per sum)",
         f"per-sample variance of the estimate at d = {size}, spectra at the bound: {chosen.variance:.3g}",
