@@ -109,9 +109,9 @@ def construct(request: Request, construction: str) -> Measure:
     # Expand over plain symbols, then put the roots in unevaluated: Max/Min would otherwise
     # compare the roots' large coefficient expressions pairwise (seconds at d = 8).
     placeholders = eigenvalue_symbols(d)
-    explicit = expand_spectrum(request.target, placeholders)
-    explicit = explicit.xreplace({e: placeholders[int(e.args[0]) % d] for e in explicit.atoms(Eig)})
     with sp.evaluate(False):
+        explicit = expand_spectrum(request.target, placeholders)
+        explicit = explicit.xreplace({e: placeholders[int(e.args[0]) % d] for e in explicit.atoms(Eig)})
         phi = explicit.xreplace(dict(zip(placeholders, roots)))
     domain = Domain(lower=-bound, upper=bound, reason=f"|l_i| <= {bound:g} (the stated domain bound)")
     steps = (
