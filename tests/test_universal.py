@@ -134,3 +134,17 @@ def test_abs_of_the_spectrum_compiles_at_d3(expression):
 def test_discontinuous_targets_are_refused_with_a_reason(expression):
     with pytest.raises(sharpc.DerivationError, match="continuous function of the spectrum"):
         sharpc.compile(expression, d=3, bound=2.0)
+
+
+@pytest.mark.parametrize("construction", ["vandermonde", "power-roots"])
+def test_certificate_rejects_a_wrong_recovery(construction):
+    """The elementary-symmetric certificate has teeth: one perturbed coefficient is caught."""
+    from dataclasses import replace
+
+    measure = construct(Request("max(l)", parse("max(l)", d=4), d=4, bound=2.0), construction)
+    (root, *_) = sorted(measure.phi.atoms(RootEig), key=sp.default_sort_key)
+    coefficients = list(root.args[1:])
+    coefficients[1] = coefficients[1] * sp.Rational(11, 10)
+    tampered = measure.phi.xreplace({r: RootEig(r.args[0], *coefficients) for r in measure.phi.atoms(RootEig)})
+    assert sharpc.verify.certify(measure)[1] is True
+    assert sharpc.verify.certify(replace(measure, phi=tampered))[1] is False
