@@ -17,7 +17,7 @@ from .derive import REGISTRY as STRATEGIES
 from .derive import Request, derive
 from .errors import DerivationError, OptimizerError, ParseError, SharpcError
 from .measure import Domain, Measure, SampleGroup
-from .options import BOUND_RANGE, HALF_WIDTH_RANGE, MAX_D, check_float, check_int
+from .options import APPROXIMATION_RANGE, BOUND_RANGE, HALF_WIDTH_RANGE, MAX_D, check_float, check_int
 from .parse import parse
 
 __all__ = [
@@ -29,7 +29,8 @@ __version__ = "0.1.0"
 
 def compile(expression: str, *, d: int | None = None, strategy: str | None = None,
             det_sampling: str = "lebesgue", half_width: float = 1.0,
-            bound: float | None = None, invariant: str | None = None, force: bool = False) -> Measure:  # noqa: A001
+            bound: float | None = None, invariant: str | None = None, force: bool = False,
+            degree: int | None = None, budget: int = 16, size: int | None = None) -> Measure:  # noqa: A001
     """Parse a target in the Hessian eigenvalues ``l`` and derive its (phi, psi, mu).
 
     Args:
@@ -44,6 +45,11 @@ def compile(expression: str, *, d: int | None = None, strategy: str | None = Non
         invariant: ``"scale"`` asks for a measure invariant under positive diagonal rescalings
             that leave the loss invariant (the adaptive measure mu_x = law of |x| * v).
         force: allow constructions above their documented cost limits (Theorem 7 with many entries).
+        degree: the polynomial degree (or p-norm order) of the approximating strategies
+            (``chebyshev``, ``surrogate``); by default the one minimizing bias^2 + variance/budget.
+        budget: samples per optimizer step assumed when choosing the degree.
+        size: the number of eigenvalues assumed when choosing the degree while ``d`` is symbolic
+            (the model's parameter count; default 10,000).
     """
     if d is not None:
         d = check_int("d", d, 1, MAX_D)
@@ -54,9 +60,12 @@ def compile(expression: str, *, d: int | None = None, strategy: str | None = Non
         raise SharpcError(f"invariant must be 'scale' (or None), got {invariant!r}")
     if bound is not None:
         bound = check_float("bound", bound, *BOUND_RANGE)
+    for name, value in (("degree", degree), ("budget", budget), ("size", size)):
+        if value is not None:
+            check_int(name, value, 1, APPROXIMATION_RANGE[name])
     target = parse(expression, d=d)
     request = Request(expression, target, d=d, det_sampling=det_sampling, half_width=half_width,
-                      bound=bound, force=force)
+                      bound=bound, force=force, degree=degree, budget=budget, size=size)
     measure = derive(request, strategy)
     return measure.adaptive() if invariant == "scale" else measure
 

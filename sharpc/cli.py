@@ -18,7 +18,16 @@ import sympy as sp
 
 from . import __version__
 from .errors import SharpcError
-from .options import BOUND_RANGE, HALF_WIDTH_RANGE, MAX_D, SAMPLES_RANGE, SEED_RANGE, check_float, check_int
+from .options import (
+    APPROXIMATION_RANGE,
+    BOUND_RANGE,
+    HALF_WIDTH_RANGE,
+    MAX_D,
+    SAMPLES_RANGE,
+    SEED_RANGE,
+    check_float,
+    check_int,
+)
 from .parse import LANGUAGE_HELP
 from .verify import BLOCK_BOUND, BLOCKS, EXACT, IDENTITY_TOLERANCE, PLUG_IN
 
@@ -78,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
                       help="allow constructions above their cost limits; let --emit replace an existing file")
     comp.add_argument("--half-width", type=_ranged(check_float, *HALF_WIDTH_RANGE), default=1.0,
                       help="hypercube/truncation half-width, in [{:g}, {:g}] (default 1)".format(*HALF_WIDTH_RANGE))
+    comp.add_argument("--degree", type=_ranged(check_int, 1, APPROXIMATION_RANGE["degree"]), default=None,
+                      help="polynomial degree / p-norm order of approximations (default: chosen by bias and variance)")
+    comp.add_argument("--budget", type=_ranged(check_int, 1, APPROXIMATION_RANGE["budget"]), default=16,
+                      help="samples per step assumed when choosing the degree (default 16)")
+    comp.add_argument("--size", type=_ranged(check_int, 1, APPROXIMATION_RANGE["size"]), default=None,
+                      help="number of eigenvalues (parameters) assumed when choosing the degree without --d")
     comp.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     comp.add_argument("--no-verify", action="store_true", help="skip verification")
     comp.add_argument("--seed", type=_ranged(check_int, *SEED_RANGE), default=0,
@@ -124,8 +139,9 @@ def _describe(measure, report) -> str:
         f"assumptions  {'; '.join(measure.assumptions) or 'none'}",
         f"domain       {measure.domain.describe()}",
         f"exact        {'yes' if measure.exact else 'no (approximation)'}",
+        *([f"error bound  |target - S| <= {sp.sstr(measure.error_bound)}"] if measure.error_bound is not None else []),
         *([f"samples      about {measure.recommended_samples(0.1)} per step for a 10% standard error "
-           f"(spectrum spread to the domain bounds)"] if measure.variance_per_sample is not None else []),
+           f"(worst of spread and clustered probe spectra)"] if measure.variance_per_sample is not None else []),
         "",
         "derivation",
         *(f"  {i}. {step}" for i, step in enumerate(measure.steps, start=1)),
@@ -157,7 +173,8 @@ def _compile(options: argparse.Namespace) -> tuple[str, int]:
         _check_new_file(options.emit, options.force)
     measure = compile_measure(options.expression, d=options.d, strategy=options.strategy, bound=options.bound,
                               invariant=options.invariant, force=options.force,
-                              det_sampling=options.det_sampling, half_width=options.half_width)
+                              det_sampling=options.det_sampling, half_width=options.half_width,
+                              degree=options.degree, budget=options.budget, size=options.size)
     source = emit_module(measure, name=options.name or "SharpSAM") if options.emit else None  # bad names fail here
     report = None if options.no_verify else measure.verify(seed=options.seed, samples=options.samples,
                                                             sampler=options.sampler)

@@ -79,7 +79,11 @@ def _problem(expr: sp.Expr) -> sp.Expr | None:
     return None
 
 
-def infer_domain(target: sp.Expr, domain: Domain = Domain()) -> Domain:
+#: Every real spectrum: where inference starts.
+ALL_REAL = Domain()
+
+
+def infer_domain(target: sp.Expr, domain: Domain = ALL_REAL) -> Domain:
     """``domain`` when ``target`` is a finite real on it, else the first narrower box where it is.
 
     A DerivationError names the sub-expression when no candidate box works.

@@ -87,6 +87,10 @@ class Measure:
     exact: bool = True
     #: Variance of one sample's contribution to the regularizer estimate, where it was measured.
     variance_per_sample: float | None = None
+    #: For approximations: what scale * S + offset equals exactly (the target is met within error_bound).
+    approximant: sp.Expr | None = None
+    #: For approximations: |target - (scale * S + offset)| <= error_bound on the domain (in d).
+    error_bound: sp.Expr | None = None
 
     # ----------------------------------------------------------------- structure
     @property
@@ -152,23 +156,41 @@ class Measure:
         """A copy with derivation steps appended (and other fields replaced)."""
         return replace(self, steps=self.steps + steps, **changes)
 
-    def recommended_samples(self, rel_tol: float = 0.1, spectrum: Any = None) -> int:
-        """Samples per step for a standard error of ``rel_tol`` times the target.
+    def probe_spectra(self, d: int) -> list[np.ndarray]:
+        """Spectra where the estimator is hardest: spread to the domain's bounds, and clustered at the top.
 
-        Uses the measured per-sample variance and, for the target's size, a spectrum at the
-        domain's bound (or ``spectrum``): n = Var / (rel_tol * |target|)^2.
+        Root recovery (Theorem 6) is worst near repeated eigenvalues, which spread spectra miss.
+        """
+        spread = self.domain.probe(d)
+        top = float(spread.max())
+        clustered = top - 0.01 * max(abs(top), 1e-3) * np.linspace(0.0, 1.0, d)
+        return [spread] + ([clustered] if d > 1 and self.domain.contains(clustered) else [])
+
+    def recommended_samples(self, rel_tol: float = 0.1, spectrum: Any = None) -> int:
+        """Samples per random group and step for a standard error of ``rel_tol`` times the target's scale.
+
+        1 when every group is a point mass (the estimate is deterministic; the optimizer then
+        takes n_samples = 1). Otherwise the worst case over ``probe_spectra`` (or ``spectrum``)
+        of Var / (rel_tol * scale)^2, with scale the largest |target| over the probes, so a
+        target that vanishes at one probe does not make n infinite. Spectra have d eigenvalues,
+        8 when d is symbolic and at most 64 (the simulation builds d x d Hessians).
         """
         from .verify import EXPLICIT_MAX_D, estimator_variance, target_at
 
-        if spectrum is None and self.d is not None and self.d > EXPLICIT_MAX_D:
-            raise SharpcError(f"recommended_samples simulates d x d Hessians: d = {self.d} is above "
-                              f"{EXPLICIT_MAX_D}; pass a smaller probe spectrum=")
-        spectrum = self.domain.probe(self.d or 5) if spectrum is None else spectrum
-        variance = estimator_variance(self, spectrum)
-        size = abs(target_at(self.target, np.diag(spectrum)))
-        if not math.isfinite(variance) or size == 0:
-            raise SharpcError("the estimator's variance is not finite (or the target is 0) at this spectrum")
-        return max(1, math.ceil(variance / (rel_tol * size) ** 2))
+        if all(group.distribution.deterministic for group in self.groups):
+            return 1
+        if spectrum is not None:
+            probes = [np.asarray(spectrum, dtype=float)]
+        else:
+            probes = self.probe_spectra(min(self.d or 8, EXPLICIT_MAX_D))
+        variances = [estimator_variance(self, probe) for probe in probes]
+        finite = [v for v in variances if math.isfinite(v)]
+        if not finite:
+            raise SharpcError("the estimator's variance is not finite at the probe spectra")
+        scale = max(abs(target_at(self.target, np.diag(probe))) for probe in probes)
+        if scale == 0:  # the target vanishes at every probe: an absolute tolerance
+            scale = 1.0
+        return max(1, math.ceil(max(finite) / (rel_tol * scale) ** 2))
 
     # ----------------------------------------------------------------- pipeline
     def verify(self, **options: Any) -> VerificationReport:
@@ -213,5 +235,7 @@ class Measure:
             "invariances": list(self.invariances),
             "cost_per_step": self.cost(),
             "variance_per_sample": self.variance_per_sample,
+            "approximant": None if self.approximant is None else sp.sstr(self.approximant),
+            "error_bound": None if self.error_bound is None else sp.sstr(self.error_bound),
             "steps": list(self.steps),
         }

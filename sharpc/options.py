@@ -22,6 +22,8 @@ HALF_WIDTH_RANGE = (1e-6, 1e6)
 SAMPLES_RANGE = (2, 1_000_000)
 #: Seeds NumPy and torch both accept.
 SEED_RANGE = (0, 2**63 - 1)
+#: Largest --degree (approximation order), --budget (samples per step) and --size (assumed d).
+APPROXIMATION_RANGE = {"degree": 64, "budget": 10**9, "size": MAX_D}
 
 
 def check_int(name: str, value: object, low: int, high: int) -> int:

@@ -139,6 +139,18 @@ def power_sum(k: int) -> sp.Expr:
     return ESum(lam**k)
 
 
+def power_sum_order(atom: sp.Expr) -> int | None:
+    """k when ``atom`` is p_k = sum(l**k) with k a positive integer, else None."""
+    if not isinstance(atom, ESum):
+        return None
+    body = atom.body
+    if body == lam:
+        return 1
+    if body.is_Pow and body.base == lam and body.exp.is_Integer and body.exp > 0:
+        return int(body.exp)
+    return None
+
+
 def eigenvalue_symbols(d: int) -> tuple[sp.Symbol, ...]:
     """Explicit real symbols l_1 .. l_d for a concrete spectrum length."""
     return sp.symbols(f"l1:{d + 1}", real=True)

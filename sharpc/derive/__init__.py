@@ -11,6 +11,9 @@ of its form. The registry order is the order of preference, cheapest exact form 
     universal    Theorem 6 for any function of the spectrum (concrete d, |l_i| <= bound),
                  choosing the lower-variance construction; ``vandermonde`` and
                  ``power-roots`` force one (they are never tried automatically)
+    chebyshev    sum(f(l)) for continuous f on [-bound, bound] and any d, approximately:
+                 a Chebyshev polynomial of f, then the moments strategy
+    surrogate    max(l), min(l), max(abs(l)) for any d, approximately: p-norms of power sums
 """
 
 from __future__ import annotations
@@ -43,6 +46,11 @@ class Request:
     half_width: float = 1.0
     bound: float | None = None
     force: bool = False
+    #: Approximating strategies: a fixed polynomial degree, else the one minimizing
+    #: bias^2 + variance/budget at spectrum length ``size`` (d when it is given).
+    degree: int | None = None
+    budget: int = 16
+    size: int | None = None
 
 
 class Strategy(NamedTuple):
@@ -106,11 +114,13 @@ def make_measure(request: Request, **fields) -> Measure:
     return Measure(source=request.source, target=request.target, d=request.d, **fields)
 
 
-from . import matrix, mgf, moments, table1, universal  # noqa: E402  (the strategies import the helpers above)
+# The strategies import the helpers above.
+from . import chebyshev, matrix, mgf, moments, surrogate, table1, universal  # noqa: E402
 
 #: Strategies in the order ``compile`` tries them.
 REGISTRY: dict[str, Strategy] = {
-    entry.name: entry for module in (matrix, table1, mgf, moments, universal) for entry in module.STRATEGIES
+    entry.name: entry for module in (matrix, table1, mgf, moments, universal, chebyshev, surrogate)
+    for entry in module.STRATEGIES
 }
 
 

@@ -21,7 +21,7 @@ from ..distributions import Gaussian, t
 from ..errors import DerivationError
 from ..limits import MAX_PHI_TERMS, expanded_terms
 from ..measure import Measure, SampleGroup, phi_symbols
-from ..spectral import Eig, ESum, eigenvalue_symbols, expand_spectrum, lam, reductions
+from ..spectral import Eig, EMax, EMin, ESum, eigenvalue_symbols, expand_spectrum, lam, power_sum_order, reductions
 from . import Decline, Request, Strategy, make_measure, tuple_text
 
 NAME = "moments"
@@ -31,18 +31,6 @@ SUMMARY = "polynomials in power sums p_k (any d) or symmetric polynomials (concr
 MAX_ORDER = 12
 #: Monomials of an explicit polynomial in l_1..l_d that symmetrize may rewrite (prod(1 + l + l**2) at d = 8 has 6561).
 MAX_SYMMETRIZE_TERMS = 1000
-
-
-def _power_sum_order(atom: sp.Expr) -> int | None:
-    """k when ``atom`` is p_k = sum(l**k) with k a positive integer."""
-    if not isinstance(atom, ESum):
-        return None
-    body = atom.body
-    if body == lam:
-        return 1
-    if body.is_Pow and body.base == lam and body.exp.is_Integer and body.exp > 0:
-        return int(body.exp)
-    return None
 
 
 def _newton_elementary(k_max: int, p: Sequence[sp.Expr]) -> list[sp.Expr]:
@@ -69,13 +57,16 @@ def symmetric_in_power_sums(poly: sp.Expr, eigenvalues: Sequence[sp.Symbol]) -> 
 def _as_power_sum_polynomial(request: Request) -> tuple[sp.Expr, list[str]]:
     target, notes = request.target, []
     atoms = reductions(target)
-    if all(_power_sum_order(a) for a in atoms):
+    if all(power_sum_order(a) for a in atoms):
         return target, notes
     if request.d is None:
         raise Decline("not a polynomial in power sums sum(l**k); with a concrete --d, "
                       "symmetric polynomials such as prod(l) qualify")
     if target.has(Eig):
         raise Decline("sorted eigenvalues l[k] are not polynomials in the spectrum")
+    # Checked before expanding: d-term Max/exp expressions take minutes at d in the thousands.
+    if any(isinstance(a, (EMax, EMin)) or not a.body.is_polynomial(lam) for a in atoms):
+        raise Decline("max, min and non-polynomial bodies are not polynomials in the spectrum")
     eigenvalues = eigenvalue_symbols(request.d)
     explicit = expand_spectrum(target, eigenvalues)
     if not explicit.is_polynomial(*eigenvalues):
@@ -90,7 +81,7 @@ def _as_power_sum_polynomial(request: Request) -> tuple[sp.Expr, list[str]]:
 
 def derive(request: Request) -> Measure:
     polynomial, notes = _as_power_sum_polynomial(request)
-    orders = {k for a in reductions(polynomial) if (k := _power_sum_order(a))}
+    orders = {k for a in reductions(polynomial) if (k := power_sum_order(a))}
     order = max(orders, default=1)
     if order > MAX_ORDER:
         raise Decline(f"needs moments up to E[Q^{order}]; the limit is {MAX_ORDER}")

@@ -14,8 +14,8 @@ import sympy as sp
 from ..distributions import Distribution, Gaussian, Hypercube, Lebesgue, Sphere, t
 from ..measure import Domain, Measure, SampleGroup, phi_symbols
 from ..spectral import D, EProd, ESum, lam, reductions
-from .moments import MAX_ORDER
 from . import Decline, Request, Strategy, affine_in, make_measure, relation, sign_of, tuple_text
+from .moments import MAX_ORDER
 
 NAME = "table1"
 SUMMARY = "Table 1 of the paper: trace (sphere), Frobenius (Gaussian), det / log det (Lebesgue), prod(1 - s l)"

@@ -25,7 +25,7 @@ import sympy as sp
 from ..cumulants import cumulants_from_raw
 from ..distributions import Gaussian, t
 from ..measure import Domain, Measure, SampleGroup, phi_symbols
-from ..spectral import Eig, RootEig, expand_spectrum
+from ..spectral import Eig, RootEig, eigenvalue_symbols, expand_spectrum, lam
 from . import Decline, Request, Strategy, make_measure
 
 NAME = "universal"
@@ -43,7 +43,20 @@ def _check(request: Request) -> tuple[int, float]:
                       "(a concrete dimension and a bound |l_i| <= bound)")
     if request.d > MAX_D:
         raise Decline(f"d = {request.d} exceeds the limit {MAX_D} for recovering eigenvalues from integrals")
+    jump = discontinuity(request.target)
+    if jump is not None:
+        raise Decline(f"Theorem 6 needs a continuous function of the spectrum; "
+                      f"{sp.sstr(jump.subs(lam, sp.Symbol('l')))} jumps")
     return request.d, request.bound
+
+
+#: Functions with jumps: a recovered eigenvalue near the jump flips the estimate at random.
+DISCONTINUOUS = (sp.sign, sp.Heaviside, sp.floor, sp.ceiling, sp.Piecewise)
+
+
+def discontinuity(target: sp.Expr) -> sp.Expr | None:
+    """A discontinuous piece of ``target``, or None."""
+    return next(iter(sorted(target.atoms(*DISCONTINUOUS), key=sp.default_sort_key)), None)
 
 
 def chebyshev_nodes(d: int, bound: float) -> list[sp.Rational]:
@@ -93,8 +106,13 @@ def construct(request: Request, construction: str) -> Measure:
     d, bound = _check(request)
     coefficients, psi, notes = CONSTRUCTIONS[construction](d, bound)
     roots = [RootEig(k, *coefficients) for k in range(d)]
-    explicit = expand_spectrum(request.target, roots)
-    phi = explicit.xreplace({e: roots[int(e.args[0]) % d] for e in explicit.atoms(Eig)})
+    # Expand over plain symbols, then put the roots in unevaluated: Max/Min would otherwise
+    # compare the roots' large coefficient expressions pairwise (seconds at d = 8).
+    placeholders = eigenvalue_symbols(d)
+    with sp.evaluate(False):
+        explicit = expand_spectrum(request.target, placeholders)
+        explicit = explicit.xreplace({e: placeholders[int(e.args[0]) % d] for e in explicit.atoms(Eig)})
+        phi = explicit.xreplace(dict(zip(placeholders, roots)))
     domain = Domain(lower=-bound, upper=bound, reason=f"|l_i| <= {bound:g} (the stated domain bound)")
     steps = (
         f"target = {request.target}",
