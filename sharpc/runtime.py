@@ -850,9 +850,11 @@ class PhiPsiSAM(torch.optim.Optimizer):
         for strength, index in _by_strength(s):
             torch._foreach_mul_([regularizer[i] for i in index], strength)
         if s.cfg.clip is not None:  # at most clip * |g0|: heavy-tailed estimates cannot throw the step
-            size = torch.stack(torch._foreach_norm(regularizer)).norm()
-            limit = s.cfg.clip * torch.stack(torch._foreach_norm(s.g0)).norm()
-            torch._foreach_mul_(regularizer, (limit / size.clamp_min(torch.finfo(size.dtype).tiny)).clamp_max(1))
+            # norms in float64: gradients scaled by a GradScaler (up to 2**127) overflow a float32 sum of squares
+            size = torch.stack(torch._foreach_norm(regularizer, 2, dtype=torch.float64)).norm()
+            limit = s.cfg.clip * torch.stack(torch._foreach_norm(s.g0, 2, dtype=torch.float64)).norm()
+            factor = (limit / size.clamp_min(torch.finfo(size.dtype).tiny)).clamp_max(1)
+            torch._foreach_mul_(regularizer, factor.to(regularizer[0].dtype))
         torch._foreach_add_(s.g0, regularizer)
         self._ranks.mean_(s.flat)  # the step's one gradient all-reduce
         torch._foreach_copy_(_grads(s.active), s.g0)
