@@ -5,13 +5,15 @@ into the standalone modules it writes, and ``sharpc.optim`` builds its in-proces
 on it, so the two cannot drift apart. A generated subclass supplies phi, psi (and, for
 polynomial measures, an unbiased U-statistic) as torch functions plus its sample groups.
 
-A step minimizes L(x) + strength * rho**2 * R(x) (Algorithm 2 of Tahmasebi et al., 2024,
-with a strength), where, for samples v_i of mu,
+A step minimizes L(x) + strength * target(x), target = scale * S + offset (the constants the
+derivation dropped, folded back), with S estimated as in Algorithm 2 of Tahmasebi et al. (2024):
+for samples v_i of mu,
 
-    Delta_i = (L(x + rho v_i) - L(x)) / rho**2,     R = phi(mean_i psi(Delta_i)),
-    grad = g0 + strength * sum_l d_l phi * mean_i psi_l'(Delta_i) (g_i - g0),
+    Delta_i = (L(x + rho v_i) - L(x)) / rho**2,     S = phi(mean_i psi(Delta_i)),
+    grad = g0 + strength * scale / rho**2 * sum_l d_l phi * mean_i psi_l'(Delta_i) (g_i - g0),
 
-g0 = grad L(x) and g_i = grad L(x + rho v_i). The unbiased estimator replaces phi(means)
+g0 = grad L(x) and g_i = grad L(x + rho v_i) (``difference`` also offers antithetic pairs
+x +- rho v_i and a control variate; ``relative`` divides strength by a running |target|). The unbiased estimator replaces phi(means)
 by a U-statistic U(P_1, ..., P_K) of the power sums P_k = sum_i Delta_i**k, whose gradient
 is sum_k dU/dP_k * k * sum_i Delta_i**(k-1) (g_i - g0). Either way only running sums are
 kept: a backup of the perturbed parameters, g0, and one accumulator per psi component

@@ -14,8 +14,8 @@ from sharpc.distributions import Gaussian, Sphere, t
 from sharpc.measure import Measure, SampleGroup, phi_symbols
 from sharpc.spectral import D, EProd, ESum, lam
 
-#: The paper's Algorithm 2 as written: absolute strength, one-sided differences.
-PLAIN = dict(relative=False, difference="one-sided")
+#: The paper's Algorithm 2 as written: absolute strength, one-sided differences, no clipping.
+PLAIN = dict(relative=False, difference="one-sided", clip=None)
 
 
 def measure(source, target, phi, psi, distribution, scale=1, offset=0) -> Measure:

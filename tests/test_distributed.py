@@ -34,9 +34,9 @@ SCENARIOS = {  # name: (optimizer class, options)
     "frob_lean": (lambda: optimizer_class(frobenius()), dict(FROB, memory="lean")),
     "sam_lean_ddp": (lambda: SAM, dict(rho=0.05, memory="lean")),
     "sam": (lambda: SAM, dict(rho=0.05)),
-    "trace_antithetic": (lambda: TraceSAM, dict(rho=0.05, n_samples=2, difference="antithetic", relative=False,
+    "trace_antithetic": (lambda: TraceSAM, dict(rho=0.05, n_samples=2, **{**PLAIN, "difference": "antithetic"},
                                                 strength=1e-5)),
-    "trace_control": (lambda: TraceSAM, dict(rho=0.05, n_samples=2, difference="control", relative=False,
+    "trace_control": (lambda: TraceSAM, dict(rho=0.05, n_samples=2, **{**PLAIN, "difference": "control"},
                                              strength=1e-5)),
     "per_rank": (lambda: optimizer_class(frobenius()), dict(FROB, distributed="per-rank")),
 }

@@ -54,6 +54,7 @@ CASES = {
 def run(name, memory, steps=3, dropout=0.2, batchnorm=True):
     cls, options = CASES[name]
     model, x, y = tiny_mlp(dtype=torch.float64, dropout=dropout, batchnorm=batchnorm)
+    options = {"clip": None, **options}  # clip needs memory="sums"; off in both, the two must agree
     opt = cls()(model.parameters(), lr=0.1, momentum=0.9, seed=2, model=model, memory=memory, **options)
     torch.manual_seed(0)
     for _ in range(steps):
