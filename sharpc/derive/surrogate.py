@@ -82,7 +82,9 @@ def _norm(request: Request) -> tuple[sp.Expr, sp.Expr, Norm]:
         return sign * c, k, Norm(body, request.bound, even_only=False)
     if body == sp.Abs(lam) and sign == 1:
         return c, k, Norm(body, 0.0, even_only=True)
-    raise Decline(f"no p-norm surrogate for {sp.sstr(atom)} (the smallest |l| would need negative powers)")
+    if body == -sp.Abs(lam):
+        raise Decline("no p-norm surrogate for min(abs(l)): the smallest |l| would need negative powers")
+    raise Decline(f"no p-norm surrogate for {sp.sstr(atom)}: only max/min of l and max(abs(l))")
 
 
 @dataclass(frozen=True)
