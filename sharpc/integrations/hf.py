@@ -30,8 +30,7 @@ __all__ = ["SharpcTrainer"]
 
 
 class SharpcTrainer(transformers.Trainer):
-    """A ``transformers.Trainer`` for sharpc optimizers (pass one via ``optimizers=(opt, None)``
-    or ``optimizer_cls_and_kwargs=(FrobSAM, {...})``).
+    """A ``transformers.Trainer`` for sharpc optimizers (pass one via ``optimizers=(opt, None)``).
 
     Limits: gradient clipping (``max_grad_norm``) has no place between sharpc's combined
     gradient and its base step, so it is turned off with a warning; float16 with a loss
