@@ -50,6 +50,7 @@ def test_dirac_components_need_one_sample():
         measure.optimizer_class()([x], rho=0.1, strength=0.0, n_samples=2, lr=0.0)
 
 
+@pytest.mark.slow  # ~12 s
 def test_spectral_max_optimizer_tracks_the_top_eigenvalue():
     measure = sharpc.compile("max(l)", d=3, bound=2)
     a = spd(3, 2)
