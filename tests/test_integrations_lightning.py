@@ -36,6 +36,7 @@ class Net(SharpcModule, pl.LightningModule):
         self.scheduler = scheduler
         self.options = dict(OPTIONS, **(options or {}))
         self.forwards = 0
+        self.hooks = 0
         self.output_dtypes: set = set()
 
     def forward(self, x):
@@ -47,6 +48,9 @@ class Net(SharpcModule, pl.LightningModule):
     def sharpc_loss(self, batch, batch_idx):
         x, y = batch
         return torch.nn.functional.cross_entropy(self(x), y)
+
+    def on_before_optimizer_step(self, optimizer):
+        self.hooks += 1
 
     def configure_optimizers(self):
         opt = optimizer_class(frobenius())(self.parameters(), model=self.sharpc_model, **self.options)
@@ -88,6 +92,7 @@ def test_fit_takes_the_hand_written_steps_with_n_plus_one_passes():
     torch.testing.assert_close(flat_params(net.net), reference(8, 2), rtol=0, atol=1e-6)
     assert net.trainer.global_step == 8
     assert net.forwards == 8 * (1 + OPTIONS["n_samples"])  # one clean pass and n perturbed ones per step
+    assert net.hooks == net.forwards  # the precision plugin runs the hook after every closure call
 
 
 def test_accumulating_two_batches_is_the_step_on_their_union():
@@ -112,6 +117,15 @@ def test_bf16_mixed_precision_computes_in_bfloat16_and_keeps_float32_losses():
     assert opt.sharpness.dtype == torch.float32 and torch.isfinite(opt.sharpness)
     assert fit.callback_metrics["train_loss"].dtype == torch.float32
     assert all(p.dtype == torch.float32 for p in net.parameters())
+
+
+def test_float16_mixed_precision_is_refused_with_the_way_out():
+    """On the CPU, precision="16-mixed" silently becomes bf16: the float16 plugin is built by hand."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    float16 = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    with pytest.raises(ValueError, match="bf16-mixed"):
+        trainer(max_epochs=1, plugins=[float16]).fit(Net(), loader(8))
 
 
 def test_a_checkpoint_carries_sharpc_state_and_resumes_the_same_run(tmp_path):

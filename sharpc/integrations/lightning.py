@@ -79,6 +79,9 @@ class SharpcModule:
 
     def sharpc_step(self, batches: list[tuple[Any, int]]) -> torch.Tensor:
         """One optimizer step over ``batches`` (pairs of batch and index); returns the clean loss."""
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            raise ValueError("SharpcModule: precision='16-mixed' steps through a GradScaler that calls the "
+                             "optimizer without a closure; use precision='bf16-mixed'")
         k = len(batches)
 
         def closure() -> torch.Tensor:
