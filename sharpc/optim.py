@@ -33,6 +33,7 @@ from .distributions import Dirac, t
 from .emit import generate
 from .errors import OptimizerError
 from .measure import Measure, SampleGroup, phi_symbols
+from .spectral import RHO
 
 PhiPsiSAM = runtime.PhiPsiSAM
 
@@ -43,9 +44,10 @@ _serial = itertools.count(1)
 
 
 def optimizer_class(measure: Measure, name: str | None = None) -> type[PhiPsiSAM]:
-    """A ``torch.optim.Optimizer`` subclass minimizing L + strength * rho**2 * R for ``measure``.
+    """A ``torch.optim.Optimizer`` subclass minimizing L + strength * target for ``measure``.
 
-    The same measure and name give the same class object.
+    The class's defaults are :func:`sharpc.emit.recommended`; the same measure and name give the
+    same class object.
     """
     return _build(measure, name or "SharpSAM", {})
 
@@ -76,8 +78,9 @@ def _sam_measure() -> Measure:
     return Measure(
         source="SAM", target=sp.Symbol("R_SAM"), d=None, phi=t1, psi=(t,),
         groups=(SampleGroup(Dirac(), (0,)),), strategy="appendix-h",
-        steps=("Appendix H: phi = psi = identity, mu = delta at grad L / |grad L|, n = 1 recovers SAM",),
-        exact=False,
+        steps=("Appendix H: phi = psi = identity, mu = delta at grad L / |grad L|, n = 1 recovers SAM",
+               "target = rho**2 * S = L(x + rho g / |g|) - L(x), so strength 1 is textbook SAM"),
+        scale=RHO**2, exact=False,
     )
 
 
@@ -85,12 +88,12 @@ def _compiled(expression: str, **options: Any) -> Callable[[], Measure]:
     return lambda: compile_measure(expression, **options)
 
 
+#: Each preset's measure and the defaults it overrides in :func:`sharpc.emit.recommended`.
 _PRESETS: dict[str, tuple[Callable[[], Measure], dict[str, Any]]] = {
-    "SAM": (_sam_measure, dict(rho=0.05, strength=1.0, n_samples=1)),
-    "TraceSAM": (_compiled("sum(l)"), dict(rho=0.05, strength=1.0, n_samples=1)),
-    "FrobSAM": (_compiled("sum(l**2)"), dict(rho=0.01, strength=0.001, n_samples=2)),
-    "DetSAM": (_compiled("prod(l)", det_sampling="hypercube", half_width=0.01),
-               dict(rho=1.0, strength=0.1, n_samples=1)),
+    "SAM": (_sam_measure, dict(rho=0.05, strength=1.0, relative=False)),
+    "TraceSAM": (_compiled("sum(l)"), {}),
+    "FrobSAM": (_compiled("sum(l**2)"), {}),
+    "DetSAM": (_compiled("prod(l)", det_sampling="hypercube", half_width=0.01), dict(rho=1.0)),
 }
 
 
@@ -98,6 +101,6 @@ def __getattr__(name: str) -> type[PhiPsiSAM]:
     """Build a preset class on first access (and keep it as a module attribute)."""
     if name not in _PRESETS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    make, recommended = _PRESETS[name]
-    cls = globals()[name] = _build(make(), name, recommended)
+    make, overrides = _PRESETS[name]
+    cls = globals()[name] = _build(make(), name, overrides)
     return cls

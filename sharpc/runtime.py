@@ -217,6 +217,22 @@ def _grads(params: list) -> list:
     return [p.grad for p in params]
 
 
+def _materialized(group: Any) -> Any:
+    """A param-group dict whose params are a list (a generator can be read only once)."""
+    if not isinstance(group, dict):
+        return group
+    params = group["params"]
+    return {**group, "params": [params] if isinstance(params, torch.Tensor) else list(params)}
+
+
+def _by_strength(s: "_Step") -> list[tuple[float, list[int]]]:
+    """Indices into ``s.active`` grouped by their param group's strength (one foreach call each)."""
+    index: dict[float, list[int]] = {}
+    for i, p in enumerate(s.active):
+        index.setdefault(s.strengths[id(p)], []).append(i)
+    return list(index.items())
+
+
 def _flat(tensors: list, copy: bool = True) -> tuple[list, list]:
     """One contiguous buffer per (device, dtype), and views of it shaped like ``tensors``.
 
@@ -300,6 +316,58 @@ class _Ranks:
         generator.manual_seed(int(seed) + self.rank)
 
 
+#: How Delta is formed from the losses around x (see PhiPsiSAM's ``difference``).
+DIFFERENCES = ("one-sided", "antithetic", "control")
+#: Hyperparameters that shape the whole step: every param group must agree on them.
+_STEP_WIDE = ("n_samples", "estimator", "difference", "relative")
+#: Used when neither the caller nor the class's ``recommended`` sets a hyperparameter.
+_FALLBACK = dict(strength=1.0, relative=False, n_samples=None, estimator="auto", difference="one-sided",
+                 adaptive=False, eta=0.01)
+#: Default |rho v| as a fraction of the perturbed parameters' norm (see PhiPsiSAM._default_rho).
+#: Measured on the digits MLP (docs/results.md): 0.005 and 0.05 let the regularizer's noise
+#: raise the targets; 0.2 lowers them, 0.5 most, at equal accuracy.
+DEFAULT_RADIUS = 0.5
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """What one step does, from the param groups (rho is the reference radius Delta divides by)."""
+
+    n_samples: int
+    estimator: str
+    difference: str
+    relative: bool
+    rho: float
+
+
+class _RunningMean:
+    """A bias-corrected exponential mean of |target|, kept on the device (``relative=True``)."""
+
+    decay = 0.99
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.count = 0
+        self._pending: torch.Tensor | None = None
+
+    def proposed(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean if ``value`` were added; nothing changes until ``commit``."""
+        total = value.abs() * (1 - self.decay) + (0 if self.total is None else self.total * self.decay)
+        self._pending = total
+        return total / (1 - self.decay ** (self.count + 1))
+
+    def commit(self) -> None:
+        """Keep the proposed value (a step that went through)."""
+        if self._pending is not None:
+            self.total, self.count, self._pending = self._pending, self.count + 1, None
+
+    def state(self) -> dict:
+        return {"total": self.total, "count": self.count}
+
+    def load(self, state: dict) -> None:
+        self.total, self.count = state["total"], state["count"]
+
+
 @dataclass
 class _Step:
     """One step's working set: what the passes share, and what a failure must put back."""
@@ -311,6 +379,10 @@ class _Step:
     stats_before: list
     rng: _CommonRandomNumbers
     d: int
+    cfg: _Settings
+    rhos: list                          # each perturbed parameter's group rho
+    adapt: list                         # each perturbed parameter's (adaptive, eta) from its group
+    strengths: dict                     # id(parameter) -> its group's strength
     where: str = "the unperturbed point"
     losses: list = field(default_factory=list)       # every pass's loss (the global mean in sync mode)
     active: list = field(default_factory=list)       # parameters with a gradient
@@ -319,6 +391,7 @@ class _Step:
     g0: list = field(default_factory=list)           # memory="sums": g0, then the combined gradient
     acc: list = field(default_factory=list)          # memory="sums": one running sum per slot
     weights: list = field(default_factory=list)      # memory="lean": W[group][i], the weight of g_i
+    linear: list = field(default_factory=list)       # difference="control": g0 . e of each perturbed point
     start: Any = None                                # memory="lean": the generator state before the draws
 
 
@@ -342,29 +415,44 @@ class PhiPsiSAM(torch.optim.Optimizer):
     ustat_order: int = 1                # distinct samples per group the U-statistic needs
     sample_groups: tuple = ()           # GroupSpec per sample group
     fixed_d: int | None = None          # d fixed at compile time, else bound to the perturbed count
-    recommended: dict = {}              # defaults for rho, strength, n_samples
+    scale: Callable = staticmethod(lambda d, rho: torch.ones_like(d))   # target = scale * S + offset
+    offset: Callable = staticmethod(lambda d, rho: torch.zeros_like(d))
+    recommended: dict = {}              # the class's defaults for the hyperparameters (and "radius")
     Error: type = OptimizerError        # sharpc.optim sets sharpc.errors.OptimizerError
 
     def __init__(self, params, base_optimizer: type = torch.optim.SGD, *, rho: float | None = None,
-                 strength: float | None = None, n_samples: int | None = None, estimator: str = "auto",
-                 antithetic: bool = False, adaptive: bool = False, eta: float = 0.01,
-                 model: torch.nn.Module | None = None, generator: torch.Generator | None = None,
+                 strength: float | None = None, relative: bool | None = None, n_samples: int | None = None,
+                 estimator: str | None = None, difference: str | None = None, adaptive: bool = False,
+                 eta: float = 0.01, model: torch.nn.Module | None = None, generator: torch.Generator | None = None,
                  seed: int | None = None, nonfinite: str = "raise", memory: str = "sums",
                  distributed: str | None = "auto", process_group: Any = None, grad_scaler: Any = None,
                  **base_kwargs: Any):
-        """Wrap ``base_optimizer``; the hyperparameters below are the class's ``recommended`` when omitted.
+        """Wrap ``base_optimizer``; omitted hyperparameters take the class's ``recommended`` values.
+
+        The hyperparameters rho, strength, relative, n_samples, estimator, difference,
+        adaptive and eta live in ``defaults`` and every param group: a group may override
+        them, LR schedulers may anneal them, and ``state_dict`` saves them. n_samples,
+        estimator and difference shape the whole step, so all groups must agree on them.
 
         Args:
             params: parameters or param-group dicts; a group with ``perturb=False`` is never
                 perturbed (biases, norms) and does not count towards d.
             base_optimizer: the torch optimizer class that applies the combined gradient;
                 unknown keyword arguments (lr, momentum, ...) go to it.
-            rho: perturbation radius. strength: weight of rho**2 * R in the objective.
-            n_samples: samples per sample group and step (cost: 1 + groups * n passes).
-            estimator: unbiased (U-statistic; polynomial phi and psi only), "plugin"
+            rho: perturbation radius; a group's parameters are perturbed at its own rho, and
+                Delta divides by the rho of the first perturbed group.
+            strength: the objective is L + strength * target (the target as written, its
+                dropped scale and offset folded back), the target estimated at radius rho.
+            relative: divide strength by a running mean of |target| (bias-corrected, decay
+                0.99), so strength is the weight of log target, whatever the target's size.
+            n_samples: samples per sample group and step (cost: 1 + groups * n passes, twice
+                that with difference="antithetic").
+            estimator: "unbiased" (U-statistic; polynomial phi and psi only), "plugin"
                 (phi of the sample means, the paper's Algorithm 2) or "auto" (unbiased when available).
-            antithetic: evaluate x + rho v and x - rho v; the bias of Delta drops from O(rho)
-                to O(rho**2) and the first-order term grad . v / rho cancels exactly.
+            difference: how Delta estimates Q = v^T H v / 2: "one-sided" (L(x + rho v) - L(x))
+                / rho**2, Algorithm 2, bias grad.v / rho; "antithetic" averages x +- rho v, bias
+                O(rho**2), two passes per sample; "control" subtracts the known grad.v / rho,
+                exact on quadratics, one pass per sample.
             adaptive: ASAM-style perturbation rho * (|x| + eta) * v.
             model: when given, perturbed passes leave BatchNorm running statistics untouched;
                 without it they update them like any forward pass in train mode. A
@@ -389,31 +477,12 @@ class PhiPsiSAM(torch.optim.Optimizer):
                 and lets the scaler skip the base step on inf/NaN. Call ``scaler.update()``
                 after each step, and never ``scaler.step``/``unscale_`` yourself.
         """
-        rho, strength = self._hyperparameter("rho", rho), self._hyperparameter("strength", strength)
-        if not (isinstance(rho, (int, float)) and 0 < rho < float("inf")):
-            raise self.Error(f"rho must be a positive finite number, got {rho!r}")
-        if not (isinstance(strength, (int, float)) and 0 <= strength < float("inf")):
-            raise self.Error(f"strength must be a non-negative finite number, got {strength!r}")
-        if estimator == "auto":
-            estimator = "plugin" if self.ustat is None else "unbiased"
-        if estimator not in ("unbiased", "plugin"):
-            raise self.Error(f"estimator must be 'auto', 'unbiased' or 'plugin', got {estimator!r}")
-        if estimator == "unbiased" and self.ustat is None:
-            raise self.Error(f"estimator='unbiased' is not available: {self.ustat_unavailable}; use 'plugin'")
-        if n_samples is None:
-            n_samples = self.recommended.get("n_samples") or (self.ustat_order if estimator == "unbiased" else 1)
-        if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
-            raise self.Error(f"n_samples must be a positive integer, got {n_samples!r}")
-        if estimator == "unbiased" and n_samples < self.ustat_order:
-            raise self.Error(f"the unbiased estimator of {self.target!r} averages over {self.ustat_order} "
-                             f"distinct samples, so n_samples must be >= {self.ustat_order} (got {n_samples}); "
-                             "or use estimator='plugin'")
-        if n_samples != 1 and any(g.deterministic for g in self.sample_groups):
-            raise self.Error("a point-mass (Dirac) sample group is deterministic: n_samples must be 1")
+        given = dict(rho=rho, strength=strength, relative=relative, n_samples=n_samples, estimator=estimator,
+                     difference=difference, adaptive=adaptive, eta=eta)
+        hyper = {k: self.recommended.get(k) if v is None else v for k, v in given.items()}
+        hyper = {k: _FALLBACK.get(k) if v is None else v for k, v in hyper.items()}
         if nonfinite not in ("raise", "skip", "ignore"):
             raise self.Error(f"nonfinite must be 'raise', 'skip' or 'ignore', got {nonfinite!r}")
-        if not eta >= 0:
-            raise self.Error(f"eta must be non-negative, got {eta!r}")
         if memory not in ("sums", "lean"):
             raise self.Error(f"memory must be 'sums' or 'lean', got {memory!r}")
         if memory == "lean" and sum(g.kind == "dirac" for g in self.sample_groups) > 1:
@@ -423,17 +492,21 @@ class PhiPsiSAM(torch.optim.Optimizer):
         if grad_scaler is not None and not all(hasattr(grad_scaler, a) for a in scaler_api):
             raise self.Error(f"grad_scaler must be a torch.amp.GradScaler, got {type(grad_scaler).__name__}")
 
-        super().__init__(params, dict(perturb=True, **base_kwargs))
+        hyper.update(self._step_defaults(hyper["estimator"], hyper["n_samples"]))
+        params = [_materialized(g) for g in params]  # read twice: for the default rho, then by torch
+        if hyper["rho"] is None:
+            hyper["rho"] = self._default_rho(params)
+        super().__init__(params, dict(perturb=True, **hyper, **base_kwargs))
         self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
         self.defaults.update(self.base_optimizer.defaults)
+        self._settings()  # validates every group now, not at the first step
 
-        self.rho, self.strength, self.n_samples = float(rho), float(strength), n_samples
-        self.estimator, self.antithetic, self.adaptive, self.eta = estimator, antithetic, adaptive, float(eta)
         self.model, self.nonfinite, self.memory, self.grad_scaler = model, nonfinite, memory, grad_scaler
         self.sharpness: torch.Tensor | None = None
         self.skipped_steps = 0
+        self._magnitude = _RunningMean()
         self._last_buffers: float | None = None
         device = self.param_groups[0]["params"][0].device
         if generator is None:
@@ -446,15 +519,71 @@ class PhiPsiSAM(torch.optim.Optimizer):
         self._dimension(self._perturbed())
         self._ranks = _Ranks(distributed, process_group, model)
         self._ranks.share_(self.generator, [p for g in self.param_groups for p in g["params"]])
-        if estimator == "plugin":
-            _load_forward_ad()
+        _load_forward_ad()
 
-    def _hyperparameter(self, name: str, value):
-        if value is None:
-            value = self.recommended.get(name)
-        if value is None:
-            raise self.Error(f"{name}= is required: {type(self).__name__} has no preset default for it")
-        return value
+    def _step_defaults(self, estimator: str, n_samples: int | None) -> dict:
+        """Resolve estimator="auto" and n_samples=None, so the param groups show what a step does."""
+        if estimator == "auto":
+            estimator = "plugin" if self.ustat is None else "unbiased"
+        if n_samples is None:
+            n_samples = self.ustat_order if estimator == "unbiased" else 1
+        return dict(estimator=estimator, n_samples=n_samples)
+
+    def _default_rho(self, params: list) -> float:
+        """rho such that a typical perturbation |rho v| is ``radius`` times the perturbed parameters' norm.
+
+        E|v| is sqrt(d) for a Gaussian, 1 on the unit sphere and half_width sqrt(d / 3) on a
+        cube, so one relative radius means the same for every measure and model size.
+        """
+        groups = [g for g in params if isinstance(g, dict)] or [{"params": params}]
+        tensors = [p for g in groups if g.get("perturb", True) for p in g["params"]
+                   if isinstance(p, torch.Tensor) and p.requires_grad]
+        d = sum(p.numel() for p in tensors)
+        if d == 0:
+            return 1.0  # the constructor refuses this below, with the reason
+        norm = float(_global_norm([p.detach() for p in tensors])) or d ** 0.5
+        random = [g for g in self.sample_groups if not g.deterministic]
+        kind, half_width = (random[0].kind, random[0].half_width) if random else ("sphere", 1.0)
+        typical = {"gaussian": d ** 0.5, "hypercube": half_width * (d / 3) ** 0.5}.get(kind, 1.0)
+        return self.recommended.get("radius", DEFAULT_RADIUS) * norm / typical
+
+    def _settings(self) -> _Settings:
+        """The step's hyperparameters, read from the param groups and checked."""
+        for group in self.param_groups:
+            rho, strength, eta = group["rho"], group["strength"], group["eta"]
+            if not (isinstance(rho, (int, float)) and not isinstance(rho, bool) and 0 < rho < float("inf")):
+                raise self.Error(f"rho must be a positive finite number, got {rho!r}")
+            if not (isinstance(strength, (int, float)) and 0 <= strength < float("inf")):
+                raise self.Error(f"strength must be a non-negative finite number, got {strength!r}")
+            if not (isinstance(eta, (int, float)) and 0 <= eta < float("inf")):
+                raise self.Error(f"eta must be a non-negative finite number, got {eta!r}")
+        first = self.param_groups[0]
+        for key in _STEP_WIDE:
+            values = {repr(g[key]) for g in self.param_groups}
+            if len(values) > 1:
+                raise self.Error(f"{key} shapes the whole step, so every param group must have the same "
+                                 f"value; got {', '.join(sorted(values))}")
+        estimator, n = self._step_defaults(first["estimator"], first["n_samples"]).values()
+        difference = first["difference"]
+        if estimator not in ("unbiased", "plugin"):
+            raise self.Error(f"estimator must be 'auto', 'unbiased' or 'plugin', got {estimator!r}")
+        if estimator == "unbiased" and self.ustat is None:
+            raise self.Error(f"estimator='unbiased' is not available: {self.ustat_unavailable}; use 'plugin'")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise self.Error(f"n_samples must be a positive integer, got {n!r}")
+        if estimator == "unbiased" and n < self.ustat_order:
+            raise self.Error(f"the unbiased estimator of {self.target!r} averages over {self.ustat_order} "
+                             f"distinct samples, so n_samples must be >= {self.ustat_order} (got {n}); "
+                             "or use estimator='plugin'")
+        if n != 1 and any(g.deterministic for g in self.sample_groups):
+            raise self.Error("a point-mass (Dirac) sample group is deterministic: n_samples must be 1")
+        if difference not in DIFFERENCES:
+            raise self.Error(f"difference must be one of {', '.join(map(repr, DIFFERENCES))}, got {difference!r}")
+        if not isinstance(first["relative"], bool):
+            raise self.Error(f"relative must be True or False, got {first['relative']!r}")
+        perturbed = [g for g in self.param_groups if g["perturb"] and g["params"]]
+        rho = float((perturbed or self.param_groups)[0]["rho"])
+        return _Settings(n, estimator, difference, first["relative"], rho)
 
     def _distributed_mode(self, mode: str | None, model: torch.nn.Module | None, group: Any) -> str | None:
         """Resolve ``distributed``; "auto" warns where ranks would silently step apart."""
@@ -498,7 +627,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
     @property
     def slots(self) -> int:
         """Accumulators: one per psi component (plugin) or per power sum (unbiased)."""
-        return len(self.power_sums) if self.estimator == "unbiased" else self.m
+        return len(self.power_sums) if self._settings().estimator == "unbiased" else self.m
 
     @property
     def distributed(self) -> str | None:
@@ -512,13 +641,13 @@ class PhiPsiSAM(torch.optim.Optimizer):
         the trainable parameters' element count (the backup covers perturbed parameters only).
         memory="lean" holds the backup alone.
         """
-        bound = 1 if self.memory == "lean" else 2 + self.slots + int(self.antithetic)
+        bound = 1 if self.memory == "lean" else 2 + self.slots + int(self._settings().difference == "antithetic")
         return {"bound": bound, "allocated": self._last_buffers}
 
     def state_dict(self) -> dict:
         state = self.base_optimizer.state_dict()
         state["phi_psi_sam"] = {"generator_state": self.generator.get_state(),
-                                "skipped_steps": self.skipped_steps}
+                                "skipped_steps": self.skipped_steps, "magnitude": self._magnitude.state()}
         if self._ranks.mode == "per-rank":
             state["phi_psi_sam"]["rank"] = self._ranks.rank
         return state
@@ -532,6 +661,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
         if ours is not None:
             self.generator.set_state(ours["generator_state"])
             self.skipped_steps = ours["skipped_steps"]
+            if "magnitude" in ours:
+                self._magnitude.load(ours["magnitude"])
             if self._ranks.mode == "per-rank" and ours.get("rank") != self._ranks.rank:
                 self._ranks.split_(self.generator)
 
@@ -542,18 +673,23 @@ class PhiPsiSAM(torch.optim.Optimizer):
         over ranks when distributed).
 
         ``closure`` computes the loss and calls ``backward()``; it is called 1 + groups * n
-        times (1 + 2 * groups * n with antithetic; memory="lean" adds one loss-only call
-        per perturbed point) and gradients are cleared before every call: it must not
-        clear them itself. Afterwards ``.grad`` holds the combined gradient the base optimizer
-        used and ``self.sharpness`` the regularizer estimate R.
+        times (1 + 2 * groups * n with difference="antithetic"; memory="lean" adds one
+        loss-only call per perturbed point) and gradients are cleared before every call: it
+        must not clear them itself. Afterwards ``.grad`` holds the combined gradient the base
+        optimizer used and ``self.sharpness`` the step's estimate of the target (at radius rho).
         """
         if closure is None:
             raise self.Error(f"{type(self).__name__}.step needs a closure that computes the loss "
                              "and calls loss.backward()")
+        cfg = self._settings()
+        groups = [g for g in self.param_groups for p in g["params"] if p.requires_grad and g["perturb"]]
         perturbed, trainable = self._perturbed(), self._trainable()
         stats = _running_stats(self.model)
         s = _Step(perturbed, trainable, [p.clone() for p in perturbed], stats, [b.clone() for b in stats],
-                  _CommonRandomNumbers({p.device for p in trainable}), self._dimension(perturbed))
+                  _CommonRandomNumbers({p.device for p in trainable}), self._dimension(perturbed), cfg,
+                  rhos=[float(g["rho"]) for g in groups],
+                  adapt=[(bool(g["adaptive"]), float(g["eta"])) for g in groups],
+                  strengths={id(p): float(g["strength"]) for g in self.param_groups for p in g["params"]})
         for p in trainable:
             p.grad = None
         lean = self.memory == "lean"
@@ -564,6 +700,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
             self.sharpness = sharpness
             if not finite:
                 return self._skip(s, loss0)
+            self._magnitude.commit()
             if lean:
                 self._lean_gradient(closure, s)
             else:
@@ -606,8 +743,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
         """
         check = self.nonfinite != "ignore"
         if check or self._ranks.mode == "per-rank":
-            finite = torch.isfinite(torch.stack(s.losses)).all() & torch.isfinite(sharpness) \
-                & torch.isfinite(coefficients).all()
+            # (not the estimate itself: a determinant's scale may overflow while the step is sound)
+            finite = torch.isfinite(torch.stack(s.losses)).all() & torch.isfinite(coefficients).all()
         if self._ranks.mode == "per-rank":
             shared = torch.stack([loss0, sharpness.to(loss0.dtype), (~finite).to(loss0.dtype)])
             self._ranks.mean_([shared])
@@ -636,7 +773,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
         elif self._ranks.mode == "per-rank":
             what = "a non-finite loss, sharpness estimate or phi' on some rank"
         else:
-            what = "a non-finite sharpness estimate or phi' (the means left phi's domain)"
+            what = ("a non-finite phi' (the means left phi's domain) or target scale (overflow: "
+                    "use relative=True)")
         return self.Error(f"{what}; parameters restored to their pre-step values "
                           "(nonfinite='skip' skips such steps instead)")
 
@@ -645,41 +783,49 @@ class PhiPsiSAM(torch.optim.Optimizer):
         loss0 = self._ranks.global_loss(loss0)
         s.losses.append(loss0)
         s.flat, s.g0 = _flat([p.grad for p in s.active])
-        if self._ranks.sync and self._aims_at_g0:  # SAM's direction is the global gradient's
+        if self._ranks.sync and self._reads_g0(s.cfg):  # the direction or Delta uses the global gradient
             self._ranks.mean_(s.flat)
         g0_of = {id(p): g for p, g in zip(s.active, s.g0)}
         d = loss0.new_full((), s.d)  # phi and psi see d as a 0-d tensor
         s.acc = [[torch.zeros_like(g) for g in s.g0] for _ in range(self.slots)]
-        stash = [torch.empty_like(g) for g in s.g0] if self.antithetic else []
+        antithetic = s.cfg.difference == "antithetic"
+        stash = [torch.empty_like(g) for g in s.g0] if antithetic else []
         self._last_buffers = sum(t.numel() for t in [*s.backup, *s.g0, *stash, *sum(s.acc, [])]) \
             / sum(p.numel() for p in s.trainable)
         deltas = []
         for a, group in enumerate(self.sample_groups):
             group_deltas = []
-            for i in range(self.n_samples):
-                s.where = f"perturbed point {i + 1} of {self.n_samples} (sample group {a})"
-                self._perturb(group, s.perturbed, s.backup, g0_of)
-                delta, direction = self._perturbed_pass(closure, s, loss0, stash)
-                for slot, weight in self._weights(a, delta, d):
+            for i in range(s.cfg.n_samples):
+                s.where = f"perturbed point {i + 1} of {s.cfg.n_samples} (sample group {a})"
+                linear = self._perturb(group, s, g0_of, linear=s.cfg.difference == "control")
+                delta, direction = self._perturbed_pass(closure, s, loss0, stash, linear)
+                for slot, weight in self._weights(a, delta, d, s.cfg):
                     torch._foreach_addcmul_(s.acc[slot], direction, [weight] * len(direction))
                 group_deltas.append(delta)
             deltas.append(torch.stack(group_deltas))
         self._back_to_x(s)
-        return (loss0, *self._combine(deltas, d))
+        return (loss0, *self._combine(deltas, d, s.cfg))
 
     def _summed_gradient(self, s: _Step, coefficients: torch.Tensor) -> None:
-        """.grad = g0 + sum_slot coefficient * accumulator, averaged over ranks; missed parameters get None."""
+        """.grad = g0 + strength * sum_slot coefficient * accumulator, averaged over ranks.
+
+        Parameters the closure did not reach get None.
+        """
         for slot, c in enumerate(coefficients.unbind()):
-            torch._foreach_addcmul_(s.g0, s.acc[slot], [c] * len(s.g0))
+            torch._foreach_mul_(s.acc[slot], c)
+        for strength, index in _by_strength(s):
+            for acc in s.acc:
+                torch._foreach_add_([s.g0[i] for i in index], [acc[i] for i in index], alpha=strength)
         self._ranks.mean_(s.flat)  # the step's one gradient all-reduce
         torch._foreach_copy_(_grads(s.active), s.g0)
         self._forget_unreached(s)
 
-    def _perturbed_pass(self, closure: Callable, s: _Step, loss0: torch.Tensor, stash: list) -> tuple:
+    def _perturbed_pass(self, closure: Callable, s: _Step, loss0: torch.Tensor, stash: list,
+                        linear: torch.Tensor | None) -> tuple:
         """Delta of one sample and its direction: grad Delta * rho**2, left in the .grad tensors."""
         loss = self._pass(closure, s)
         grads = _grads(s.active)
-        if self.antithetic:
+        if s.cfg.difference == "antithetic":
             torch._foreach_copy_(stash, grads)
             self._reflect(s)
             loss = (loss + self._pass(closure, s)) / 2
@@ -687,7 +833,14 @@ class PhiPsiSAM(torch.optim.Optimizer):
             torch._foreach_add_(grads, stash)
             torch._foreach_mul_(grads, 0.5)
         torch._foreach_sub_(grads, s.g0)
-        return (loss - loss0) / self.rho**2, grads
+        return self._delta(loss, loss0, linear, s.cfg), grads
+
+    @staticmethod
+    def _delta(loss: torch.Tensor, loss0: torch.Tensor, linear: torch.Tensor | None, cfg: _Settings) -> torch.Tensor:
+        """Delta = (L(x + e) - L(x) [- g0 . e]) / rho**2, the estimate of v^T H v / 2."""
+        if linear is not None:
+            loss = loss - linear
+        return (loss - loss0) / cfg.rho ** 2
 
     def _pass(self, closure: Callable, s: _Step) -> torch.Tensor:
         s.rng.rewind()
@@ -699,17 +852,17 @@ class PhiPsiSAM(torch.optim.Optimizer):
     # memory="lean": losses first (forward only), then weights, then weighted backward passes.
     def _lean_losses(self, closure: Callable, s: _Step, loss0: torch.Tensor) -> tuple:
         """The loss at every perturbed point, forward only; R, phi' and each gradient's weight W."""
-        if self._ranks.sync and self._aims_at_g0:
+        if self._ranks.sync and self._reads_g0(s.cfg):
             self._ranks.mean_(s.flat)
         g0_of = {id(p): p.grad for p in s.active}  # g0 itself: the forward-only passes leave .grad alone
         s.start = self.generator.get_state()
-        local = [loss0]
+        local, antithetic, control = [loss0], s.cfg.difference == "antithetic", s.cfg.difference == "control"
         for a, group in enumerate(self.sample_groups):
-            for i in range(self.n_samples):
-                s.where = f"perturbed point {i + 1} of {self.n_samples} (sample group {a})"
-                self._perturb(group, s.perturbed, s.backup, g0_of)
+            for i in range(s.cfg.n_samples):
+                s.where = f"perturbed point {i + 1} of {s.cfg.n_samples} (sample group {a})"
+                s.linear.append(self._perturb(group, s, g0_of, linear=control))
                 local.append(self._forward(closure, s))
-                if self.antithetic:
+                if antithetic:
                     self._reflect(s)
                     local.append(self._forward(closure, s))
         self._back_to_x(s)
@@ -718,20 +871,20 @@ class PhiPsiSAM(torch.optim.Optimizer):
             self._ranks.mean_([losses])  # all of the step's losses in one scalar all-reduce
         s.losses = list(losses.unbind())
         self._last_buffers = sum(t.numel() for t in s.backup) / sum(p.numel() for p in s.trainable)
-        loss0, rest = s.losses[0], iter(s.losses[1:])
+        loss0, rest, linear = s.losses[0], iter(s.losses[1:]), iter(s.linear)
         d = loss0.new_full((), s.d)
         deltas = []
         for _ in self.sample_groups:
             group_deltas = []
-            for _ in range(self.n_samples):
+            for _ in range(s.cfg.n_samples):
                 loss = next(rest)
-                if self.antithetic:
+                if antithetic:
                     loss = (loss + next(rest)) / 2
-                group_deltas.append((loss - loss0) / self.rho**2)
+                group_deltas.append(self._delta(loss, loss0, next(linear), s.cfg))
             deltas.append(group_deltas)
-        sharpness, coefficients = self._combine([torch.stack(g) for g in deltas], d)
-        s.weights = [[sum((coefficients[slot] * w for slot, w in self._weights(a, delta, d)), loss0.new_zeros(()))
-                      for delta in group_deltas] for a, group_deltas in enumerate(deltas)]
+        sharpness, coefficients = self._combine([torch.stack(g) for g in deltas], d, s.cfg)
+        s.weights = [[sum((coefficients[slot] * w for slot, w in self._weights(a, delta, d, s.cfg)),
+                          loss0.new_zeros(())) for delta in group_deltas] for a, group_deltas in enumerate(deltas)]
         return loss0, sharpness, coefficients
 
     def _lean_gradient(self, closure: Callable, s: _Step) -> None:
@@ -744,21 +897,22 @@ class PhiPsiSAM(torch.optim.Optimizer):
         g0_of = {id(p): g for p, g in zip(s.active, grads)}
         total = sum(w for group in s.weights for w in group)
         weight = [None]
-        hooks = [p.register_hook(lambda g: g * weight[0]) for p in s.trainable]
+        hooks = [p.register_hook(lambda g, f=s.strengths[id(p)]: g * (weight[0] * f)) for p in s.trainable]
         self.generator.set_state(s.start)
-        rescaled = False
+        rescaled, antithetic = False, s.cfg.difference == "antithetic"
         try:
             # A Dirac group comes first: its direction reads g0 before .grad is rescaled.
             for a in sorted(range(len(self.sample_groups)), key=lambda a: self.sample_groups[a].kind != "dirac"):
                 for i, w in enumerate(s.weights[a]):
-                    s.where = f"perturbed point {i + 1} of {self.n_samples} (sample group {a}, weighted pass)"
-                    self._perturb(self.sample_groups[a], s.perturbed, s.backup, g0_of)
+                    s.where = f"perturbed point {i + 1} of {s.cfg.n_samples} (sample group {a}, weighted pass)"
+                    self._perturb(self.sample_groups[a], s, g0_of)
                     if not rescaled:
-                        torch._foreach_mul_(grads, 1 - total)
+                        for strength, index in _by_strength(s):
+                            torch._foreach_mul_([grads[i] for i in index], 1 - strength * total)
                         rescaled = True
-                    weight[0] = w / 2 if self.antithetic else w
+                    weight[0] = w / 2 if antithetic else w
                     self._backward(closure, s)
-                    if self.antithetic:
+                    if antithetic:
                         self._reflect(s)
                         self._backward(closure, s)
         finally:
@@ -787,9 +941,9 @@ class PhiPsiSAM(torch.optim.Optimizer):
         self._evaluate(closure)
 
     # ------------------------------------------------------------------ shared pieces
-    @property
-    def _aims_at_g0(self) -> bool:
-        return any(g.kind == "dirac" for g in self.sample_groups)
+    def _reads_g0(self, cfg: _Settings) -> bool:
+        """Whether perturbations (SAM's direction) or Deltas (the control variate) use g0."""
+        return cfg.difference == "control" or any(g.kind == "dirac" for g in self.sample_groups)
 
     def _evaluate(self, closure: Callable) -> torch.Tensor:
         """One closure call with gradients on; a DDP model does not all-reduce its backward."""
@@ -804,24 +958,34 @@ class PhiPsiSAM(torch.optim.Optimizer):
             raise self.Error(f"the closure must return the loss as a 0-d tensor, got {shape}")
         return loss.detach().to(torch.promote_types(loss.dtype, torch.float32))
 
-    def _perturb(self, group: GroupSpec, perturbed: list, backup: list, g0_of: dict) -> None:
-        """Write x + rho * s * v into the perturbed parameters (s = |x| + eta when adaptive)."""
-        if group.kind == "dirac":  # SAM: v = s g0 / |s g0|, so the step is rho s^2 g0 / |s g0| (ASAM)
+    def _perturb(self, group: GroupSpec, s: _Step, g0_of: dict, linear: bool = False) -> torch.Tensor | None:
+        """Write x + e, e = rho * a * v, into the perturbed parameters (a = |x| + eta when adaptive).
+
+        Each parameter moves at its group's rho. With ``linear``, returns g0 . e (the control
+        variate's known first-order term).
+        """
+        perturbed, backup = s.perturbed, s.backup
+        if group.kind == "dirac":  # SAM: v = a g0 / |a g0|, so the step is rho a^2 g0 / |a g0| (ASAM)
             for p in perturbed:
                 g = g0_of.get(id(p))
                 p.copy_(g) if g is not None else p.zero_()
-            self._scale_adaptive(perturbed, backup, group.adaptive)
+            self._scale_adaptive(s, group.adaptive)
             torch._foreach_div_(perturbed, _global_norm(perturbed).clamp_min(torch.finfo(perturbed[0].dtype).tiny))
         else:
             draw_(group.kind, perturbed, self.generator, group.half_width, group.support)
-        self._scale_adaptive(perturbed, backup, group.adaptive)
-        torch._foreach_mul_(perturbed, self.rho)
+        self._scale_adaptive(s, group.adaptive)
+        torch._foreach_mul_(perturbed, s.rhos)
+        dot = None
+        if linear:
+            pairs = [(e, g0_of[id(e)]) for e in perturbed if id(e) in g0_of]
+            dot = sum(torch.vdot(e.reshape(-1), g.reshape(-1)) for e, g in pairs)
         torch._foreach_add_(perturbed, backup)
+        return dot
 
-    def _scale_adaptive(self, perturbed: list, backup: list, measure_is_adaptive: bool) -> None:
-        if self.adaptive or measure_is_adaptive:
-            for p, x in zip(perturbed, backup):
-                p.mul_(x.abs().add_(self.eta))
+    def _scale_adaptive(self, s: _Step, measure_is_adaptive: bool) -> None:
+        for p, x, (adaptive, eta) in zip(s.perturbed, s.backup, s.adapt):
+            if adaptive or measure_is_adaptive:
+                p.mul_(x.abs().add_(eta))
 
     def _reflect(self, s: _Step) -> None:
         """x + e -> x - e, with e exactly the applied offset (x + e) - x."""
@@ -836,27 +1000,42 @@ class PhiPsiSAM(torch.optim.Optimizer):
             torch._foreach_copy_(s.stats, s.stats_clean)
         s.rng.finish()
 
-    def _weights(self, group: int, delta: torch.Tensor, d: torch.Tensor):
+    def _weights(self, group: int, delta: torch.Tensor, d: torch.Tensor, cfg: _Settings):
         """(slot, weight) pairs: how much of this sample's direction each accumulator takes."""
-        if self.estimator == "plugin":
+        if cfg.estimator == "plugin":
             slopes = _slopes(self.psi, delta, d)
             return [(c, slopes[c]) for c in self.sample_groups[group].components]
         return [(slot, delta ** (k - 1)) for slot, (a, k) in enumerate(self.power_sums) if a == group]
 
-    def _combine(self, deltas: list, d: torch.Tensor):
-        """The sharpness estimate and each accumulator's coefficient in the final gradient."""
-        n = self.n_samples
-        if self.estimator == "plugin":
+    def _combine(self, deltas: list, d: torch.Tensor, cfg: _Settings) -> tuple[torch.Tensor, torch.Tensor]:
+        """The target estimate and each accumulator's coefficient in the final gradient (before strength).
+
+        S = phi(...) estimates target = scale * S + offset, and the accumulators hold
+        rho**2 * grad S, so the coefficients carry scale / rho**2 (divided by the running
+        mean of |target| when ``relative``).
+        """
+        n = cfg.n_samples
+        if cfg.estimator == "plugin":
             means = [None] * self.m
             for group, samples in zip(self.sample_groups, deltas):
                 values = self.psi(samples, d)
                 for c in group.components:
                     means[c] = values[c].mean()
-            sharpness, slopes = _value_and_grad(self.phi, torch.stack(means), d)
-            return sharpness, self.strength * slopes / n
-        sums = torch.stack([(deltas[a] ** k).sum() for a, k in self.power_sums])
-        sharpness, slopes = _value_and_grad(self.ustat, sums, n, d)
-        return sharpness, self.strength * torch.stack([s * k for s, (_, k) in zip(slopes.unbind(), self.power_sums)])
+            value, slopes = _value_and_grad(self.phi, torch.stack(means), d)
+            slopes = slopes / n
+        else:
+            sums = torch.stack([(deltas[a] ** k).sum() for a, k in self.power_sums])
+            value, slopes = _value_and_grad(self.ustat, sums, n, d)
+            slopes = torch.stack([s * k for s, (_, k) in zip(slopes.unbind(), self.power_sums)])
+        d64 = d.to(torch.float64)  # scale can be huge ((2 pi)^d for determinants): float64, and
+        scale, offset = self.scale(d64, d64.new_tensor(cfg.rho)), self.offset(d64, d64.new_tensor(cfg.rho))
+        estimate = (scale * value + offset).to(value.dtype)
+        if cfg.relative:  # strength * grad(target) / mean|target| = strength * grad(S) / mean|S + offset/scale|
+            magnitude = self._magnitude.proposed(value + (offset / scale).to(value.dtype))
+            weight = 1 / (cfg.rho ** 2 * magnitude.clamp_min(torch.finfo(value.dtype).tiny))
+        else:
+            weight = (scale / cfg.rho ** 2).to(value.dtype)
+        return estimate, slopes * weight
 
     def _forget_unreached(self, s: _Step) -> None:
         reached = {id(p) for p in s.active}

@@ -22,6 +22,8 @@ import sympy as sp
 lam = sp.Symbol("lambda", real=True)
 #: The number of eigenvalues (perturbed parameters) when not given.
 D = sp.Symbol("d", positive=True, integer=True)
+#: The perturbation radius, for scales that depend on it (SAM's target is rho**2 * R).
+RHO = sp.Symbol("rho", positive=True)
 
 
 def _expand_poly(body: sp.Expr) -> sp.Expr:

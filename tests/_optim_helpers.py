@@ -15,10 +15,14 @@ from sharpc.measure import Measure, SampleGroup, phi_symbols
 from sharpc.spectral import D, EProd, ESum, lam
 
 
-def measure(source, target, phi, psi, distribution, scale=1) -> Measure:
+#: The paper's Algorithm 2 as written: absolute strength, one-sided differences.
+PLAIN = dict(relative=False, difference="one-sided")
+
+
+def measure(source, target, phi, psi, distribution, scale=1, offset=0) -> Measure:
     return Measure(source=source, target=target, d=None, phi=phi, psi=tuple(psi),
                    groups=(SampleGroup(distribution, tuple(range(len(psi)))),),
-                   strategy="by-hand", steps=(), scale=sp.sympify(scale))
+                   strategy="by-hand", steps=(), scale=sp.sympify(scale), offset=sp.sympify(offset))
 
 
 def frobenius() -> Measure:
@@ -29,6 +33,12 @@ def frobenius() -> Measure:
 def trace_sphere() -> Measure:
     (t1,) = phi_symbols(1)
     return measure("sum(l)", ESum(lam), t1, (t,), Sphere(), scale=2 * D)
+
+
+def trace_plus_d() -> Measure:
+    """tr(H) + d = 2d E_sphere[Q] + d: a scale and an offset that both depend on d."""
+    (t1,) = phi_symbols(1)
+    return measure("sum(l + 1)", ESum(lam + 1), t1, (t,), Sphere(), scale=2 * D, offset=D)
 
 
 def trace_gaussian() -> Measure:

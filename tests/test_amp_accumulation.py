@@ -44,13 +44,14 @@ def test_loss_differences_are_taken_in_float32_even_for_a_bfloat16_loss():
         return loss
 
     rho = 0.3
-    opt = optimizer_class(trace_gaussian())([quad.x], rho=rho, strength=1.0, n_samples=5, lr=0.0, seed=0)
+    opt = optimizer_class(trace_gaussian())([quad.x], rho=rho, strength=1.0, n_samples=5, lr=0.0, seed=0,
+                                            difference="one-sided")
     loss = opt.step(closure)
     assert loss.dtype == torch.float32 and opt.sharpness.dtype == torch.float32
     b0, *b = [v.double() for v in returned]
-    exact = torch.stack([(bi - b0) / rho**2 for bi in b]).mean()  # the same bfloat16 values, float64 arithmetic
-    in_bf16 = torch.stack([(bi - b0).to(torch.bfloat16) / torch.tensor(rho**2, dtype=torch.bfloat16)
-                           for bi in b]).mean()
+    exact = 2 * torch.stack([(bi - b0) / rho**2 for bi in b]).mean()  # target = 2 E[Q]; float64 arithmetic
+    in_bf16 = 2 * torch.stack([(bi - b0).to(torch.bfloat16) / torch.tensor(rho**2, dtype=torch.bfloat16)
+                               for bi in b]).mean()
     assert opt.sharpness.item() == pytest.approx(exact.item(), rel=1e-6)
     assert abs(in_bf16.item() - exact.item()) > 1e-4 * abs(exact.item())  # bfloat16 arithmetic would show
 
@@ -144,7 +145,7 @@ def micro_batch_closure(model, x, y, sizes):
     (lambda: optimizer_class(frobenius()), dict(rho=0.05, strength=0.5, n_samples=3)),
     (lambda: optimizer_class(frobenius()), dict(rho=0.05, strength=0.5, n_samples=3, memory="lean")),
     (lambda: SAM, dict()),
-    (lambda: TraceSAM, dict(n_samples=2, antithetic=True)),
+    (lambda: TraceSAM, dict(n_samples=2, difference="antithetic")),
 ])
 def test_accumulating_micro_batches_equals_the_full_batch_step(cls, options):
     def run(sizes):

@@ -20,22 +20,25 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from _optim_helpers import flat_params, frobenius, make_closure, tiny_mlp
+from _optim_helpers import PLAIN, flat_params, frobenius, make_closure, tiny_mlp
 from sharpc import OptimizerError
 from sharpc.optim import SAM, TraceSAM, optimizer_class
 
 WORLD, STEPS, TIMEOUT_S = 2, 3, 120
 SEED = 5  # rank 0's perturbation seed; rank 1 is given another one, which sync mode must override
 
+FROB = dict(rho=0.05, strength=1e-3, n_samples=2, **PLAIN)
 SCENARIOS = {  # name: (optimizer class, options)
-    "frob": (lambda: optimizer_class(frobenius()), dict(rho=0.05, strength=0.5, n_samples=2)),
-    "frob_ddp": (lambda: optimizer_class(frobenius()), dict(rho=0.05, strength=0.5, n_samples=2)),
-    "frob_lean": (lambda: optimizer_class(frobenius()), dict(rho=0.05, strength=0.5, n_samples=2, memory="lean")),
+    "frob": (lambda: optimizer_class(frobenius()), FROB),
+    "frob_ddp": (lambda: optimizer_class(frobenius()), FROB),
+    "frob_lean": (lambda: optimizer_class(frobenius()), dict(FROB, memory="lean")),
     "sam_lean_ddp": (lambda: SAM, dict(rho=0.05, memory="lean")),
     "sam": (lambda: SAM, dict(rho=0.05)),
-    "trace_antithetic": (lambda: TraceSAM, dict(rho=0.05, n_samples=2, antithetic=True)),
-    "per_rank": (lambda: optimizer_class(frobenius()), dict(rho=0.05, strength=0.5, n_samples=2,
-                                                            distributed="per-rank")),
+    "trace_antithetic": (lambda: TraceSAM, dict(rho=0.05, n_samples=2, difference="antithetic", relative=False,
+                                                strength=1e-5)),
+    "trace_control": (lambda: TraceSAM, dict(rho=0.05, n_samples=2, difference="control", relative=False,
+                                             strength=1e-5)),
+    "per_rank": (lambda: optimizer_class(frobenius()), dict(FROB, distributed="per-rank")),
 }
 
 
@@ -159,7 +162,7 @@ def single_process(name):
 
 # ----------------------------------------------------------------------------- sync mode
 @pytest.mark.slow  # the two-process fixture: ~15-25 s of spawning on 2 cores
-@pytest.mark.parametrize("name", ["frob", "frob_ddp", "frob_lean", "sam", "sam_lean_ddp", "trace_antithetic"])
+@pytest.mark.parametrize("name", ["frob", "frob_ddp", "frob_lean", "sam", "sam_lean_ddp", "trace_antithetic", "trace_control"])
 def test_sync_ranks_agree_with_one_process_on_the_global_batch(ranks, name):
     first, second = (r[name] for r in ranks)
     assert first["mode"] == second["mode"] == "sync"
@@ -179,6 +182,7 @@ def test_sync_ranks_agree_with_one_process_on_the_global_batch(ranks, name):
     ("sam", 2, 2),               # SAM aims at the global g0: one more gradient all-reduce
     ("sam_lean_ddp", 2, 1),
     ("trace_antithetic", 1, 5),  # 1 + 2 n passes
+    ("trace_control", 2, 3),     # the control variate reads the global g0: one more gradient all-reduce
     ("per_rank", 1, 1),          # loss0, R and the finiteness verdict in one scalar all-reduce
 ])
 def test_all_reduces_per_step(ranks, name, gradient, scalar):
@@ -236,8 +240,8 @@ def test_a_single_process_group_is_the_plain_optimizer(tmp_path):
             for memory in ("sums", "lean"):
                 model, x, y = tiny_mlp(dtype=torch.float64)
                 closure = make_closure(model, x, y) if memory == "sums" else _lean_closure(model, x, y)
-                opt = optimizer_class(frobenius())(model.parameters(), rho=0.05, strength=0.5, lr=0.1, seed=1,
-                                                   distributed=mode, memory=memory)
+                opt = optimizer_class(frobenius())(model.parameters(), lr=0.1, seed=1, distributed=mode, memory=memory,
+                                                   **FROB)
                 for _ in range(STEPS):
                     opt.step(closure)
                 results[mode, memory] = flat_params(model)

@@ -44,7 +44,7 @@ def assert_untouched(model, before, opt):
 @pytest.mark.parametrize("bad_call", [0, 2])
 def test_a_closure_exception_restores_parameters_and_is_chained(bad_call):
     model, x, y = tiny_mlp(batchnorm=True)
-    opt = FrobSAM(model.parameters(), lr=0.1, momentum=0.9, seed=0, model=model)
+    opt = FrobSAM(model.parameters(), lr=0.1, momentum=0.9, seed=0, model=model, difference="one-sided")
     before = snapshot(model)
     with pytest.raises(OptimizerError, match="unperturbed point" if bad_call == 0 else "perturbed point 2") as info:
         opt.step(faulty_closure(model, x, y, bad_call, "raise"))
@@ -114,7 +114,7 @@ def host_reads(forbid: bool):
 
 
 @pytest.mark.parametrize("cls, options", [
-    (FrobSAM, dict(antithetic=True, adaptive=True)),
+    (FrobSAM, dict(difference="antithetic", adaptive=True)),
     (FrobSAM, dict(estimator="plugin", n_samples=3)),
     (SAM, dict()),
 ])

@@ -17,8 +17,8 @@ import pytest
 import sympy as sp
 import torch
 
-from _optim_helpers import (Quadratic, frobenius, mean_and_se, shifted_det, symmetric, third_power_sum,
-                            trace_gaussian, trace_product_two_groups, trace_sphere)
+from _optim_helpers import (PLAIN, Quadratic, frobenius, mean_and_se, shifted_det, symmetric, third_power_sum,
+                            trace_gaussian, trace_plus_d, trace_product_two_groups, trace_sphere)
 from sharpc.distributions import Gaussian, t
 from sharpc.emit import power_sum_symbol, unbiased_estimator
 from sharpc.measure import Measure, SampleGroup, phi_symbols
@@ -29,6 +29,7 @@ EIGS = np.array([1.5, 0.7, -0.4, 0.2])
 
 def sharpness_history(measure, A, steps, **options):
     quad = Quadratic(A)
+    options = {**PLAIN, **options}
     opt = optimizer_class(measure)([quad.x], rho=options.pop("rho", 0.3), strength=1.0, lr=0.0, seed=0, **options)
     values = []
     for _ in range(steps):
@@ -43,14 +44,17 @@ def sharpness_history(measure, A, steps, **options):
     ("Frobenius", frobenius, 8, 300),
     ("third power sum", third_power_sum, 12, 300),
     ("two independent groups", trace_product_two_groups, 8, 150),
+    ("trace plus d (an offset)", trace_plus_d, 16, 150),
 ])
 def test_unbiased_sharpness_converges_to_the_target(name, build, n, steps):
+    """opt.sharpness is the target as written: the dropped scale and offset are folded back."""
     A = symmetric(EIGS)
     d = len(EIGS)
-    expected = {"trace on the sphere": EIGS.sum() / (2 * d),  # target / scale, scale = 2d
+    expected = {"trace on the sphere": EIGS.sum(),
                 "Frobenius": (EIGS**2).sum(),
                 "third power sum": (EIGS**3).sum(),
-                "two independent groups": EIGS.sum() ** 2 / (4 * d)}[name]
+                "two independent groups": EIGS.sum() ** 2,
+                "trace plus d (an offset)": EIGS.sum() + d}[name]
     mean, se = mean_and_se(sharpness_history(build(), A, steps, n_samples=n))
     assert abs(mean - expected) < 5 * se + 1e-12, (name, mean, expected, se)
 
@@ -85,7 +89,7 @@ def test_frobenius_expected_update_is_A_y_plus_4_strength_A2_y(estimator, factor
     quad = Quadratic(A, y=y)
     strength = 0.5
     opt = optimizer_class(frobenius())([quad.x], rho=1.0, strength=strength, n_samples=4, estimator=estimator,
-                                       lr=0.0, seed=3)
+                                       lr=0.0, seed=3, **PLAIN)
     grads = []
     for _ in range(1500):
         opt.step(quad.closure)
@@ -122,11 +126,11 @@ def _record_step(opt, w):
 
 
 def test_frob_sam_matches_a_transcription_of_algorithm_3():
-    """Algorithm 3 (no strength, i.e. strength = 1), fed the optimizer's own samples."""
+    """Algorithm 3 (objective L + rho**2 R, i.e. strength = rho**2), fed the optimizer's own samples."""
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(5, dtype=torch.float64))
     rho, n = 0.05, 5
-    opt = optimizer_class(frobenius())([w], rho=rho, strength=1.0, n_samples=n, lr=0.0, seed=11)
+    opt = optimizer_class(frobenius())([w], rho=rho, strength=rho**2, n_samples=n, lr=0.0, seed=11, **PLAIN)
     x, *perturbed = _record_step(opt, w)
     L0, g0 = _loss_and_grad(x)
     L = [_loss_and_grad(p)[0] for p in perturbed]
@@ -142,7 +146,8 @@ def test_plugin_matches_a_transcription_of_algorithm_2():
     torch.manual_seed(1)
     w = torch.nn.Parameter(torch.randn(5, dtype=torch.float64))
     rho, n, strength = 0.1, 4, 0.3
-    opt = optimizer_class(shifted_det(0.2))([w], rho=rho, strength=strength, n_samples=n, lr=0.0, seed=5)
+    opt = optimizer_class(shifted_det(0.2))([w], rho=rho, strength=strength * rho**2, n_samples=n, lr=0.0, seed=5,
+                                            **PLAIN)
     x, *perturbed = _record_step(opt, w)
     L0, g0 = _loss_and_grad(x)
     delta = [(_loss_and_grad(p)[0] - L0) / rho**2 for p in perturbed]
@@ -205,10 +210,10 @@ def test_antithetic_sampling_raises_the_order_of_the_rho_bias(seed):
             return loss
 
         opt = optimizer_class(trace_gaussian())([w], rho=rho, strength=1.0, n_samples=6, lr=0.0, seed=seed,
-                                                antithetic=antithetic)
+                                                **{**PLAIN, "difference": "antithetic" if antithetic else "one-sided"})
         opt.step(closure)
         v = torch.stack(points[1::2] if antithetic else points[1:]) / rho
-        exact = (0.5 * torch.einsum("ni,ij,nj->n", v, A, v)).mean()  # same samples, rho -> 0
+        exact = torch.einsum("ni,ij,nj->n", v, A, v).mean()  # 2 Q = the target's estimate, same samples, rho -> 0
         return abs(opt.sharpness.item() - exact.item())
 
     slope = {a: np.polyfit(np.log(rhos), np.log([bias(r, a) for r in rhos]), 1)[0] for a in (False, True)}
@@ -216,15 +221,17 @@ def test_antithetic_sampling_raises_the_order_of_the_rho_bias(seed):
     assert 1.9 < slope[True] < 2.1, slope
 
 
-def test_antithetic_delta_cancels_the_gradient_term_on_a_quadratic():
-    """Off the critical point Delta = g.v/rho + Q, but the antithetic Delta is Q exactly."""
+def test_antithetic_and_control_deltas_cancel_the_gradient_term_on_a_quadratic():
+    """Off the critical point Delta = g.v/rho + Q, but the antithetic and control Deltas are Q exactly."""
     quad = Quadratic(symmetric(EIGS), y=[0.5, -0.5, 0.2, 0.1])
-    opt = optimizer_class(trace_gaussian())([quad.x], rho=0.01, strength=1.0, n_samples=3, lr=0.0, seed=0,
-                                            antithetic=True)
-    opt.step(quad.closure)
-    v = (torch.stack(quad.points[1::2]) - quad.points[0]) / 0.01
-    Q = 0.5 * torch.einsum("ni,ij,nj->n", v, quad.A, v)
-    assert opt.sharpness.item() == pytest.approx(Q.mean().item(), rel=1e-6)
+    for difference, points in (("antithetic", slice(1, None, 2)), ("control", slice(1, None))):
+        quad.points.clear()
+        opt = optimizer_class(trace_gaussian())([quad.x], rho=0.01, strength=1.0, n_samples=3, lr=0.0, seed=0,
+                                                relative=False, difference=difference)
+        opt.step(quad.closure)
+        v = (torch.stack(quad.points[points]) - quad.points[0]) / 0.01
+        Q = 0.5 * torch.einsum("ni,ij,nj->n", v, quad.A, v)
+        assert opt.sharpness.item() == pytest.approx(2 * Q.mean().item(), rel=1e-6), difference  # target = 2 E[Q]
 
 
 # ----------------------------------------------------------------------------- the U-statistic itself

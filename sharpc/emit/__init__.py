@@ -35,7 +35,7 @@ from ..errors import OptimizerError
 from ..measure import Measure
 from .printer import torch_code
 
-__all__ = ["UStatistic", "unbiased_estimator", "generate", "group_specs", "emit_module"]
+__all__ = ["UStatistic", "unbiased_estimator", "generate", "group_specs", "emit_module", "recommended"]
 
 #: The sample count in U-statistic expressions.
 N = sp.Symbol("n", positive=True, integer=True)
@@ -136,9 +136,34 @@ def _sampler(distribution: Distribution) -> tuple[str, float]:
     raise OptimizerError(f"the optimizer cannot sample {distribution.describe()}")
 
 
+# ----------------------------------------------------------------------------- defaults
+#: The default relative strength of a target of degree 1 in the eigenvalues (see :func:`recommended`).
+RELATIVE_STRENGTH = 0.03
+
+
+def recommended(measure: Measure) -> dict:
+    """Every generated class's default hyperparameters (measured: docs/results.md, benchmarks/delivery.py).
+
+    strength is relative (per unit of the target's running magnitude), so one value serves
+    every target and model size; it is divided by the target's degree k in the eigenvalues,
+    since grad log sum(l**k) grows like k. rho is left to the runtime, which makes |rho v| a
+    fixed fraction of the parameters' norm. Random measures take antithetic differences,
+    which cancel the term g.v / rho that one-sided differences feed into psi.
+    """
+    random = any(not g.distribution.deterministic for g in measure.groups)
+    return dict(strength=RELATIVE_STRENGTH / _degree(measure), relative=True,
+                difference="antithetic" if random else "one-sided")
+
+
+def _degree(measure: Measure) -> int:
+    """The highest power of Q among the polynomial psi components (E[Q^k] carries l**k), at least 1."""
+    degrees = [sp.Poly(c, t).degree() for c in measure.psi if c.is_polynomial(t)]
+    return max([1, *degrees])
+
+
 # ----------------------------------------------------------------------------- source
-def generate(measure: Measure, name: str, recommended: dict | None = None) -> str:
-    """Python source defining phi, psi, ustat and ``class <name>(PhiPsiSAM)``."""
+def generate(measure: Measure, name: str, recommended_overrides: dict | None = None) -> str:
+    """Python source defining phi, psi, ustat, scale, offset and ``class <name>(PhiPsiSAM)``."""
     if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_") or name in _taken_names():
         raise OptimizerError(f"{name!r} cannot name a generated optimizer class (it must be an identifier "
                              "not starting with _ and not a name runtime.py or the generated code defines)")
@@ -162,13 +187,17 @@ def generate(measure: Measure, name: str, recommended: dict | None = None) -> st
         blocks.append(_function("ustat", "P, n, d", doc, _unpack(names, "P"),
                                 torch_code(ustat.expr, {*names, "n", "d"})))
 
+    for name_, expr, what in (("scale", measure.scale, "positive factor"), ("offset", measure.offset, "constant")):
+        blocks.append(_function(name_, "d, rho", f"The target's dropped {what}: {sp.sstr(expr)}.", "",
+                                f"torch.zeros_like(d) + ({torch_code(expr, {'d', 'rho'})})"))
+
     specs = ", ".join(f"GroupSpec({kind!r}, {components!r}, {half_width!r}, {support!r}, {adaptive!r})"
                       for kind, components, half_width, support, adaptive in group_specs(measure))
     dropped = "; ".join(measure.constants_dropped) or "none"
     doc = (f"(phi, psi, mu)-SAM for the sharpness target {sp.sstr(measure.target)}.\n\n"
-           f"Minimizes L(x) + strength * rho**2 * R(x), where R estimates\n"
-           f"S = phi(E[psi_1(Q)], ..., E[psi_m(Q)]) with Q = v^T H v / 2, and\n"
-           f"target = {sp.sstr(measure.scale)} * S + {sp.sstr(measure.offset)} (dropped: {dropped}).\n"
+           f"Minimizes L(x) + strength * target(x), the target estimated at radius rho as\n"
+           f"target = {sp.sstr(measure.scale)} * S + {sp.sstr(measure.offset)} (the derivation dropped: {dropped}),\n"
+           f"S = phi(E[psi_1(Q)], ..., E[psi_m(Q)]) with Q = v^T H v / 2.\n"
            + "".join(f"mu for components {tuple(i + 1 for i in g.components)}: {g.distribution.describe()}\n"
                      for g in measure.groups)
            + f"Estimator: {'unbiased U-statistic available' if ustat else 'plug-in only (' + unavailable + ')'}.\n"
@@ -182,12 +211,14 @@ def generate(measure: Measure, name: str, recommended: dict | None = None) -> st
         "    phi = staticmethod(phi)",
         "    psi = staticmethod(psi)",
         f"    ustat = {'staticmethod(ustat)' if ustat else 'None'}",
+        "    scale = staticmethod(scale)",
+        "    offset = staticmethod(offset)",
         f"    ustat_unavailable = {unavailable!r}",
         f"    power_sums = {ustat.power_sums if ustat else ()!r}",
         f"    ustat_order = {ustat.order if ustat else 1}",
         f"    sample_groups = ({specs},)",
         f"    fixed_d = {measure.d!r}",
-        f"    recommended = {dict(recommended or {})!r}",
+        f"    recommended = {recommended(measure) | dict(recommended_overrides or {})!r}",
     ]
     blocks.append("\n".join(lines) + "\n")
     return "\n\n".join(blocks)
@@ -202,7 +233,7 @@ def runtime_text() -> str:
 def _taken_names() -> frozenset[str]:
     """Module-level names of runtime.py and of the generated code: a class must not shadow them."""
     tree = ast.parse(runtime_text())
-    names = {"phi", "psi", "ustat"}
+    names = {"phi", "psi", "ustat", "scale", "offset"}
     for node in tree.body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)

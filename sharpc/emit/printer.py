@@ -4,7 +4,7 @@ SymPy 1.14's own ``TorchPrinter`` prints ``Max(t, 0)`` as ``torch.max(t, 0)`` (a
 reduction over dim 0), has no printer for ``Sum``/``Product`` and turns ``Piecewise``
 into a ``torch.where`` whose untaken branch still poisons gradients with NaN. This
 printer fixes those three and refuses every name it does not expect: only whitelisted
-symbols (``t``, ``t1``..``tm``, ``d``, ``n``, ``P<a>_<k>``) ever reach generated code.
+symbols (``t``, ``t1``..``tm``, ``d``, ``n``, ``rho``, ``P<a>_<k>``) ever reach generated code.
 
 Conventions of the generated code: every symbol is a tensor (``d`` too), numbers stay
 Python numbers (so they adopt the tensors' dtype), and the only globals are ``torch`` and
@@ -22,7 +22,7 @@ from sympy.printing.pycode import AbstractPythonCodePrinter
 from ..errors import OptimizerError
 
 #: Names a generated function may use for its variables.
-SYMBOL_NAME = re.compile(r"t|t[1-9][0-9]*|d|n|P[0-9]+_[1-9][0-9]*")
+SYMBOL_NAME = re.compile(r"t|t[1-9][0-9]*|d|n|rho|P[0-9]+_[1-9][0-9]*")
 
 _TORCH_FUNCTIONS = {
     "Abs": "torch.abs", "sign": "torch.sign", "exp": "torch.exp", "log": "torch.log",
