@@ -62,7 +62,9 @@ def train(tmp_path, *, batch=4, accumulate=1, max_steps=4, resume=None, **argume
 def test_every_step_runs_n_plus_one_passes_over_the_window(tmp_path):
     trainer, model, opt = train(tmp_path, batch=2, accumulate=2)
     assert trainer.state.global_step == 4
-    assert model.calls == 4 * (1 + OPTIONS["n_samples"]) * 2  # steps * passes * micro-batches
+    group = opt.param_groups[0]  # 1 + n passes, 1 + 2 n with antithetic differences (the measure's default)
+    passes = 1 + group["n_samples"] * (2 if group["difference"] == "antithetic" else 1)
+    assert model.calls == 4 * passes * 2  # steps * passes * micro-batches
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     assert len(losses) == 4 and all(loss == loss for loss in losses)
     assert torch.isfinite(opt.sharpness)

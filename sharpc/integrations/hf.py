@@ -64,7 +64,7 @@ class SharpcTrainer(transformers.Trainer):
         model.train()
 
         def closure() -> torch.Tensor:
-            total = torch.zeros((), device=self.args.device)
+            losses = []
             for micro, count in batches:
                 with self.compute_loss_context_manager():
                     loss = self.compute_loss(model, micro, num_items_in_batch=count)
@@ -74,8 +74,8 @@ class SharpcTrainer(transformers.Trainer):
                     loss = loss / self.current_gradient_accumulation_steps
                 if torch.is_grad_enabled():  # memory="lean" first asks for losses alone
                     self.accelerator.backward(loss)
-                total = total + loss.detach().float()
-            return total
+                losses.append(loss.detach())
+            return torch.stack(losses).sum()  # in the losses' own dtype: Delta divides rounding by rho**2
 
         loss = self.sharpc_optimizer.step(closure)
         # The step is taken: the Trainer's optimizer.step() that follows must be a no-op.

@@ -85,13 +85,13 @@ class SharpcModule:
         k = len(batches)
 
         def closure() -> torch.Tensor:
-            total = torch.zeros((), device=self.device)
+            losses = []
             for batch, batch_idx in batches:
                 loss = self.sharpc_loss(batch, batch_idx) / k
                 if torch.is_grad_enabled():  # memory="lean" first asks for losses alone
                     self.manual_backward(loss)
-                total = total + loss.detach().to(total.dtype)
-            return total
+                losses.append(loss.detach())
+            return torch.stack(losses).sum()  # in the losses' own dtype: Delta divides rounding by rho**2
 
         loss = self._sharpc_optimizer().step(closure=closure)
         self._step_schedulers("step", self.trainer.global_step)
