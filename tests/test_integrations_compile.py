@@ -30,15 +30,19 @@ def train(model, x, y, memory="sums"):
 @pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("memory, graphs", [("sums", 1), ("lean", 2)])
 def test_a_compiled_model_in_the_closure_trains_like_the_eager_one(backend, memory, graphs):
-    """One graph per grad mode: memory="lean" adds the forward-only passes under no_grad."""
-    eager, x, y = tiny_mlp()
+    """One graph per grad mode: memory="lean" adds the forward-only passes under no_grad.
+
+    float64: inductor fuses and reorders float arithmetic, and Delta divides the loss's
+    rounding by rho**2, so float32 runs agree only to about 1e-3 after a few steps.
+    """
+    eager, x, y = tiny_mlp(dtype=torch.float64)
     expected = train(eager, x, y, memory)
-    model, _, _ = tiny_mlp()
+    model, _, _ = tiny_mlp(dtype=torch.float64)
     torch._dynamo.reset()
     counters.clear()
     compiled = torch.compile(model, backend=backend)
     losses = train(compiled, x, y, memory)
-    assert losses == pytest.approx(expected, rel=1e-5)
-    torch.testing.assert_close(flat_params(model), flat_params(eager), rtol=1e-5, atol=1e-6)
+    assert losses == pytest.approx(expected, rel=1e-10)
+    torch.testing.assert_close(flat_params(model), flat_params(eager), rtol=0, atol=1e-10)
     assert counters["stats"]["unique_graphs"] == graphs  # the perturbed passes reuse the clean pass's graph
     assert not counters["graph_break"]
