@@ -66,6 +66,7 @@ def test_spectral_max_optimizer_tracks_the_top_eigenvalue():
     assert np.mean(values) == pytest.approx(top, abs=0.1)
 
 
+@pytest.mark.slow  # ~6 s
 def test_adaptive_measure_sees_the_rescaled_hessian():
     """S for mu_x = law of |x| v is the target on diag|x| A diag|x|, and so is the estimate."""
     measure = sharpc.compile("sum(l**2)", invariant="scale")
