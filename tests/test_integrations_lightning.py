@@ -80,15 +80,16 @@ def trainer(**kwargs) -> pl.Trainer:
     return pl.Trainer(**{**settings, **kwargs})
 
 
-def reference(batch_size: int, epochs: int) -> torch.Tensor:
-    """The hand-written loop: one step per batch of the same loader."""
+def reference(batch_size: int, epochs: int, **options) -> torch.Tensor:
+    """The hand-written loop of docs/optimizer.md: one step per batch of the same loader."""
     model, _, _ = tiny_mlp(dtype=torch.float64)
-    opt = optimizer_class(frobenius())(model.parameters(), model=model, **OPTIONS)
+    opt = optimizer_class(frobenius())(model.parameters(), model=model, **{**OPTIONS, **options})
     for _ in range(epochs):
         for x, y in loader(batch_size):
             def closure():
                 loss = torch.nn.functional.cross_entropy(model(x), y)
-                loss.backward()
+                if torch.is_grad_enabled():
+                    loss.backward()
                 return loss
             opt.step(closure)
     return flat_params(model)
@@ -101,6 +102,13 @@ def test_fit_takes_the_hand_written_steps_with_n_plus_one_passes():
     assert net.trainer.global_step == 8
     assert net.forwards == 8 * passes_per_step(net)  # one clean pass and the perturbed ones, per step
     assert net.hooks == net.forwards  # the precision plugin runs the hook after every closure call
+
+
+def test_lean_memory_mode_takes_the_hand_written_lean_steps():
+    """memory="lean" first calls the closure under no_grad for losses alone: no manual_backward there."""
+    net = Net(options=dict(memory="lean"))
+    trainer(max_epochs=1).fit(net, loader(8))
+    torch.testing.assert_close(flat_params(net.net), reference(8, 1, memory="lean"), rtol=0, atol=1e-12)
 
 
 def test_accumulating_two_batches_is_the_step_on_their_union():
