@@ -103,6 +103,9 @@ def test_a_non_sharpc_optimizer_and_fp16_are_refused(tmp_path):
                             optimizers=(torch.optim.SGD(model.parameters(), lr=0.1), None))
     with pytest.raises(TypeError, match="needs a sharpc optimizer"):
         trainer.train()
+    with pytest.raises(ValueError, match="bf16=True"):
+        SharpcTrainer(model=model, args=transformers.TrainingArguments(
+            output_dir=str(tmp_path), use_cpu=True, report_to=[], fp16=True, max_grad_norm=0.0), train_dataset=Tokens())
     with pytest.warns(UserWarning, match="max_grad_norm"):
         SharpcTrainer(model=model, args=transformers.TrainingArguments(output_dir=str(tmp_path), use_cpu=True,
                                                                        report_to=[]), train_dataset=Tokens())
