@@ -161,6 +161,7 @@ def single_process(name):
 
 
 # ----------------------------------------------------------------------------- sync mode
+@pytest.mark.slow  # the two-process fixture: ~15-25 s of spawning on 2 cores
 @pytest.mark.parametrize("name", ["frob", "frob_ddp", "frob_lean", "sam", "sam_lean_ddp", "trace_antithetic",
                                   "trace_control"])
 def test_sync_ranks_agree_with_one_process_on_the_global_batch(ranks, name):
@@ -174,6 +175,7 @@ def test_sync_ranks_agree_with_one_process_on_the_global_batch(ranks, name):
     assert first["sharpness"] == pytest.approx(sharpness, rel=1e-9, abs=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, gradient, scalar", [
     ("frob", 1, 3),              # one scalar all-reduce per pass (n + 1 = 3)
     ("frob_ddp", 1, 3),
@@ -191,20 +193,24 @@ def test_all_reduces_per_step(ranks, name, gradient, scalar):
         assert rank[name]["other_all_reduces"] == []
 
 
+@pytest.mark.slow
 def test_a_ddp_model_never_all_reduces_on_its_own(ranks):
     assert all(rank[name]["ddp_buckets"] == [] for rank in ranks for name in ("frob_ddp", "sam_lean_ddp"))
 
 
+@pytest.mark.slow
 def test_sync_ranks_draw_the_same_perturbations(ranks):
     assert torch.equal(ranks[0]["frob"]["first_perturbation"], ranks[1]["frob"]["first_perturbation"])
 
 
+@pytest.mark.slow
 def test_auto_warns_when_ranks_would_step_apart(ranks):
     for rank in ranks:
         assert any("every rank steps on its own" in message for message in rank["auto_warnings"])
 
 
 # ----------------------------------------------------------------------------- per-rank mode
+@pytest.mark.slow
 def test_per_rank_mode_draws_its_own_perturbations_and_still_agrees_on_parameters(ranks):
     first, second = (r["per_rank"] for r in ranks)
     assert first["mode"] == "per-rank"

@@ -74,6 +74,7 @@ def test_point_groups_take_one_sample_and_random_groups_n():
     assert abs(mean - expected) < 5 * se, (mean, expected, se)
 
 
+@pytest.mark.slow  # ~12 s
 def test_spectral_max_optimizer_tracks_the_top_eigenvalue():
     measure = sharpc.compile("max(l)", d=3, bound=2)
     a = spd(3, 2)
@@ -89,6 +90,7 @@ def test_spectral_max_optimizer_tracks_the_top_eigenvalue():
     assert np.mean(values) == pytest.approx(top, abs=0.1)
 
 
+@pytest.mark.slow  # ~6 s
 def test_adaptive_measure_sees_the_rescaled_hessian():
     """S for mu_x = law of |x| v is the target on diag|x| A diag|x|, and so is the estimate."""
     measure = sharpc.compile("sum(l**2)", invariant="scale")

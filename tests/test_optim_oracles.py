@@ -59,6 +59,7 @@ def test_unbiased_sharpness_converges_to_the_target(name, build, n, steps):
     assert abs(mean - expected) < 5 * se + 1e-12, (name, mean, expected, se)
 
 
+@pytest.mark.slow  # ~6-10 s of Monte Carlo on 2 cores
 def test_shifted_determinant_plugin_converges_up_to_its_delta_method_bias():
     sigma, n = 0.2, 32
     eigs = np.array([1.2, 0.5, -0.8])  # sigma * l_max = 0.24 < 1/2: finite variance
@@ -69,6 +70,7 @@ def test_shifted_determinant_plugin_converges_up_to_its_delta_method_bias():
     assert abs(mean - (np.prod(1 - sigma * eigs) + bias)) < 5 * se
 
 
+@pytest.mark.slow  # ~6-10 s of Monte Carlo on 2 cores
 def test_unbiased_estimator_is_unbiased_where_the_plugin_is_not():
     """n = 2: E[plugin] = 2 Var(Q) (n-1)/n = p2 / 2, while E[U] = p2."""
     A = symmetric(EIGS[:3])
