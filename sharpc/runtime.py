@@ -229,32 +229,89 @@ def _materialized(group: Any) -> Any:
     return {**group, "params": [params] if isinstance(params, torch.Tensor) else list(params)}
 
 
-def _by_strength(s: "_Step") -> list[tuple[float, list[int]]]:
-    """Indices into ``s.active`` grouped by their param group's strength (one foreach call each)."""
-    index: dict[float, list[int]] = {}
-    for i, p in enumerate(s.active):
-        index.setdefault(s.strengths[id(p)], []).append(i)
-    return list(index.items())
+class _Layout:
+    """Tensors packed into one contiguous buffer per (device, dtype), in their order within each.
 
-
-def _flat(tensors: list, copy: bool = True) -> tuple[list, list]:
-    """One contiguous buffer per (device, dtype), and views of it shaped like ``tensors``.
-
-    The buffers hold copies of the tensors (or zeros). One buffer is what lets a step
-    all-reduce its whole gradient in one call; the views keep every foreach kernel as it was.
+    Every parameter-sized buffer of a step has this form, so each update is one kernel per
+    buffer whatever the number of parameter tensors; views shaped like the tensors connect
+    the buffers to the parameters and their .grad.
     """
-    members: dict = {}
-    for i, t in enumerate(tensors):
-        members.setdefault((t.device, t.dtype), []).append(i)
-    buffers, views = [], [None] * len(tensors)
-    for (device, dtype), index in members.items():
-        sizes = [tensors[i].numel() for i in index]
-        buffer = (torch.cat([tensors[i].reshape(-1) for i in index]) if copy
-                  else torch.zeros(sum(sizes), device=device, dtype=dtype))
-        for i, piece in zip(index, buffer.split(sizes)):
-            views[i] = piece.view(tensors[i].shape)
-        buffers.append(buffer)
-    return buffers, views
+
+    def __init__(self, tensors: list):
+        self.shapes = [t.shape for t in tensors]
+        self.members: dict = {}
+        for i, t in enumerate(tensors):
+            self.members.setdefault((t.device, t.dtype), []).append(i)
+        self.sizes = {key: [self.shapes[i].numel() for i in index] for key, index in self.members.items()}
+
+    def zeros(self) -> list:
+        return [torch.zeros(sum(self.sizes[key]), device=key[0], dtype=key[1]) for key in self.members]
+
+    def views(self, buffers: list) -> list:
+        """Views of ``buffers`` (one per key; longer ones are read from the start) shaped like the tensors."""
+        out: list = [None] * len(self.shapes)
+        for buffer, (key, index) in zip(buffers, self.members.items()):
+            for i, piece in zip(index, buffer[:sum(self.sizes[key])].split(self.sizes[key])):
+                out[i] = piece.view(self.shapes[i])
+        return out
+
+    def prefixes(self, buffers: list, layout: "_Layout") -> list:
+        """The first elements of ``buffers`` (laid out by ``layout``) that this layout's buffers span."""
+        by_key = dict(zip(layout.members, buffers))
+        return [by_key[key][:sum(self.sizes[key])] for key in self.members]
+
+    def filled(self, values: list) -> list:
+        """Buffers holding each tensor's value of ``values`` at its elements."""
+        return [torch.tensor([float(values[i]) for i in index], dtype=key[1], device=key[0])
+                .repeat_interleave(torch.tensor(self.sizes[key], device=key[0])) for key, index in self.members.items()]
+
+
+def _signature(tensors: list) -> tuple:
+    return tuple((id(t), t.shape, t.dtype, t.device) for t in tensors)
+
+
+class _Kept:
+    """A step's parameter-sized buffers, allocated for one parameter set and reused by every step.
+
+    ``x`` (the backup) covers the perturbed parameters. ``grad`` (the .grad tensors become
+    views of it), ``g0``, the accumulators and the antithetic stash cover the parameters
+    with a gradient, ordered perturbed-first within each buffer so that their perturbed part
+    is a prefix: memory="sums" draws each perturbation into the prefix of ``grad`` (free
+    until the pass refills it), and SAM's direction reads the prefix of ``g0``. memory="lean"
+    keeps g0 in ``grad`` itself and draws into a buffer ``e`` of its own.
+    """
+
+    def __init__(self, perturbed: list, graded: list, slots: int, stash: bool, lean: bool):
+        self.key = (_signature(perturbed), _signature(graded), slots, stash, lean)
+        self.graded = graded
+        self.outer, self.inner = _Layout(perturbed), _Layout(graded)
+        self.x = self.outer.zeros()
+        self.x_views = self.outer.views(self.x)
+        self.grad = self.inner.zeros()
+        self.grad_views = self.inner.views(self.grad)
+        self.g0 = self.grad if lean else self.inner.zeros()
+        self.g0_views = self.inner.views(self.g0)
+        self.acc = [] if lean else [self.inner.zeros() for _ in range(slots)]
+        self.stash = self.inner.zeros() if stash and not lean else []
+        self.e = self.outer.zeros() if lean else self.outer.prefixes(self.grad, self.inner)
+        self.e_views = self.outer.views(self.e)
+        self.g0_prefix = self.outer.prefixes(self.g0, self.inner)
+        self._filled: dict = {}
+
+    def per_element(self, values: list, outer: bool = True) -> float | list:
+        """One number when every tensor has the same value, else (cached) buffers of per-element values."""
+        if len(set(values)) == 1:
+            return float(values[0])
+        key = (outer, tuple(values))
+        if key not in self._filled:
+            self._filled[key] = (self.outer if outer else self.inner).filled(values)
+        return self._filled[key]
+
+    def kept(self) -> int:
+        """Elements held for the step beyond the .grad buffer itself."""
+        lean = self.g0 is self.grad
+        held = [*self.x, *(self.e if lean else self.g0), *self.stash, *(t for a in self.acc for t in a)]
+        return sum(t.numel() for t in held)
 
 
 class _Ranks:
@@ -378,22 +435,18 @@ class _Step:
 
     perturbed: list
     trainable: list
-    backup: list                        # x, for the perturbed parameters
-    stats: list                         # running statistics (BatchNorm) and their values before the step
-    stats_before: list
+    groups: list                        # each perturbed parameter's param group
+    stats: list                         # running statistics (BatchNorm)
+    stats_before: list                  # views of kept copies: before the step, after the clean pass
+    stats_clean: list
     rng: _CommonRandomNumbers
     d: int
     cfg: _Settings
-    rhos: list                          # each perturbed parameter's group rho
-    adapt: list                         # each perturbed parameter's (adaptive, eta) from its group
-    strengths: dict                     # id(parameter) -> its group's strength
+    backup: list                        # views of x (kept), for the perturbed parameters
     where: str = "unperturbed point"
     losses: list = field(default_factory=list)       # every pass's loss (the global mean in sync mode)
-    active: list = field(default_factory=list)       # parameters with a gradient
-    stats_clean: list = field(default_factory=list)
-    flat: list = field(default_factory=list)         # the buffers a distributed step all-reduces
-    g0: list = field(default_factory=list)           # memory="sums": g0, then the combined gradient
-    acc: list = field(default_factory=list)          # memory="sums": one running sum per slot
+    reached: list = field(default_factory=list)      # parameters the clean pass gave a gradient
+    kept: Any = None                                 # _Kept: the flat buffers of this parameter set
     weights: list = field(default_factory=list)      # memory="lean": W[group][i], the weight of g_i
     linear: list = field(default_factory=list)       # difference="control": g0 . e of each perturbed point
     generator_before: Any = None                     # the perturbation generator's state: a failed step leaves it
@@ -415,6 +468,12 @@ class PhiPsiSAM(torch.optim.Optimizer):
     psi: Callable | None = None         # psi(t, d): tensor -> (m, *t.shape) tensor
     m: int = 0                          # number of psi components
     ustat: Callable | None = None       # ustat(P, n, d): power sums -> unbiased estimate of phi(E psi)
+    # "symbolic": the compiler differentiated phi, psi and ustat into the three functions below;
+    # "autograd": it could not print some derivative, so the step differentiates them by autograd.
+    derivatives: str = "autograd"
+    phi_grad: Callable | None = None    # phi_grad(ts, d): (m,) gradient of phi
+    psi_slopes: Callable | None = None  # psi_slopes(t, d): (m, *t.shape) derivatives of psi in t
+    ustat_grad: Callable | None = None  # ustat_grad(P, n, d): dU/dP for every power sum
     ustat_unavailable: str = "no unbiased estimator was generated"
     power_sums: tuple = ()              # ((group, k), ...): the order of ustat's argument P
     ustat_order: int = 1                # distinct samples per group the U-statistic needs
@@ -513,6 +572,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
         self.skipped_steps = 0
         self._magnitude = _RunningMean()
         self._last_buffers: float | None = None
+        self._kept: _Kept | None = None           # flat buffers, kept while the parameter set is unchanged
+        self._stats_kept: tuple | None = None     # kept copies of the running statistics
         device = self.param_groups[0]["params"][0].device
         if generator is None:
             if seed is None:  # derived from the global RNG, so torch.manual_seed reproduces runs
@@ -630,7 +691,10 @@ class PhiPsiSAM(torch.optim.Optimizer):
     @property
     def slots(self) -> int:
         """Accumulators: one per psi component (plugin) or per power sum (unbiased)."""
-        return len(self.power_sums) if self._settings().estimator == "unbiased" else self.m
+        return self._slots(self._settings())
+
+    def _slots(self, cfg: _Settings) -> int:
+        return len(self.power_sums) if cfg.estimator == "unbiased" else self.m
 
     @property
     def distributed(self) -> str | None:
@@ -638,13 +702,14 @@ class PhiPsiSAM(torch.optim.Optimizer):
         return self._ranks.mode
 
     def buffer_report(self) -> dict:
-        """Parameter-sized buffers a step holds: the bound, and the last step's allocation.
+        """Parameter-sized buffers a step holds besides .grad: the bound, and what the last step held.
 
-        ``allocated`` counts the elements of every buffer the last step allocated, in units of
+        ``allocated`` counts the elements of the kept buffers the last step used, in units of
         the trainable parameters' element count (the backup covers perturbed parameters only).
-        memory="lean" holds the backup alone.
+        memory="sums" holds the backup, g0, the accumulators and the antithetic stash (the
+        perturbation is drawn into the .grad buffer); memory="lean" the backup and the perturbation.
         """
-        bound = 1 if self.memory == "lean" else 2 + self.slots + int(self._settings().difference == "antithetic")
+        bound = 2 if self.memory == "lean" else 2 + self.slots + int(self._settings().difference == "antithetic")
         return {"bound": bound, "allocated": self._last_buffers}
 
     def state_dict(self) -> dict:
@@ -684,18 +749,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         if closure is None:
             raise self.Error(f"{type(self).__name__}.step needs a closure that computes the loss "
                              "and calls loss.backward()")
-        cfg = self._settings()
-        groups = [g for g in self.param_groups for p in g["params"] if p.requires_grad and g["perturb"]]
-        perturbed, trainable = self._perturbed(), self._trainable()
-        stats = _running_stats(self.model)
-        s = _Step(perturbed, trainable, [p.clone() for p in perturbed], stats, [b.clone() for b in stats],
-                  _CommonRandomNumbers({p.device for p in trainable}), self._dimension(perturbed), cfg,
-                  rhos=[float(g["rho"]) for g in groups],
-                  adapt=[(bool(g["adaptive"]), float(g["eta"])) for g in groups],
-                  strengths={id(p): float(g["strength"]) for g in self.param_groups for p in g["params"]})
-        s.generator_before = self.generator.get_state()
-        for p in trainable:
-            p.grad = None
+        s = self._start(self._settings())
         lean = self.memory == "lean"
         try:
             loss0 = self._clean_pass(closure, s)
@@ -721,37 +775,75 @@ class PhiPsiSAM(torch.optim.Optimizer):
             self.grad_scaler.step(self.base_optimizer)
         return loss0
 
+    def _start(self, cfg: _Settings) -> _Step:
+        """The step's working set, with x and the running statistics copied into kept buffers."""
+        groups = [g for g in self.param_groups if g["perturb"] for p in g["params"] if p.requires_grad]
+        perturbed, trainable = self._perturbed(), self._trainable()
+        stats = _running_stats(self.model)
+        if self._stats_kept is None or self._stats_kept[0] != _signature(stats):
+            layout = _Layout(stats)
+            self._stats_kept = (_signature(stats), layout.views(layout.zeros()), layout.views(layout.zeros()))
+        _, before, clean = self._stats_kept
+        kept = self._kept
+        if kept is None or kept.key[0] != _signature(perturbed):  # x is needed before the clean pass
+            kept = self._kept = _Kept(perturbed, perturbed, self._slots(cfg), cfg.difference == "antithetic",
+                                      self.memory == "lean")
+        s = _Step(perturbed, trainable, groups, stats, before, clean,
+                  _CommonRandomNumbers({p.device for p in trainable}), self._dimension(perturbed), cfg, kept.x_views)
+        torch._foreach_copy_(s.backup, perturbed)
+        if stats:
+            torch._foreach_copy_(before, stats)
+        s.generator_before = self.generator.get_state()
+        for p in trainable:
+            p.grad = None
+        return s
+
     def _clean_pass(self, closure: Callable, s: _Step) -> torch.Tensor:
-        """L(x) (this rank's) and g0 in .grad; its RNG state is replayed for every later pass."""
-        if self._ranks.mode and self.memory == "lean":  # autograd accumulates in place into one buffer
-            # (every parameter then has a .grad, so the no-backward check below cannot fire)
-            s.flat, views = _flat(s.trainable, copy=False)
-            for p, v in zip(s.trainable, views):
-                p.grad = v
+        """L(x) (this rank's) and g0 in the kept buffers; its RNG state is replayed for every later pass.
+
+        Afterwards the .grad of every parameter with a gradient is a view of the kept ``grad`` buffer.
+        """
         loss0 = self._evaluate(closure)
-        s.active = [p for p in s.trainable if p.grad is not None]
-        if not s.active:
+        s.reached = [p for p in s.trainable if p.grad is not None]
+        if not s.reached:
             raise self.Error("the closure did not call loss.backward(): no parameter has a gradient")
-        if self._ranks.mode:  # every rank all-reduces the same layout: unreached parameters count as zero
-            _grads(s.trainable)
-            s.active = s.trainable
+        # every rank all-reduces the same layout: there, unreached parameters count as zero
+        reached = s.trainable if self._ranks.mode else s.reached
+        perturbed = {id(p) for p in s.perturbed}
+        graded = s.perturbed + [p for p in reached if id(p) not in perturbed]
+        lean = self.memory == "lean"
+        key = (_signature(s.perturbed), _signature(graded), self._slots(s.cfg), s.cfg.difference == "antithetic", lean)
+        if self._kept.key != key:
+            backup = self._kept.x
+            self._kept = _Kept(s.perturbed, graded, *key[2:])
+            torch._foreach_copy_(self._kept.x, backup)
+        s.kept = kept = self._kept
+        s.backup = kept.x_views
+        if len(s.reached) != len(graded):
+            torch._foreach_zero_(kept.g0)
+        has_grad = [(v, p.grad) for v, p in zip(kept.g0_views, graded) if p.grad is not None]
+        torch._foreach_copy_([v for v, _ in has_grad], [g for _, g in has_grad])
+        for p, view in zip(graded, kept.grad_views):
+            p.grad = view
         s.rng.clean_pass_done()
-        s.stats_clean = [b.clone() for b in s.stats]
+        if s.stats:
+            torch._foreach_copy_(s.stats_clean, s.stats)
         return loss0
 
     def _agree(self, s: _Step, loss0, sharpness, coefficients) -> tuple:
         """(loss0, R, whether the step is finite), alike on every rank; the step's one host read.
 
         In per-rank mode losses differ between ranks, so loss0, R and the verdict are averaged
-        first (one all-reduce of three scalars): no rank skips a step the others take.
+        first (one all-reduce of three scalars): no rank skips a step the others take. Gradients
+        are checked too (g0 and the accumulators), unless a GradScaler checks and skips them.
         """
         check = self.nonfinite != "ignore"
         if check or self._ranks.mode == "per-rank":
-            # (not the estimate itself: a determinant's scale may overflow while the step is sound);
-            # gradients too: g0 and the accumulators (memory="sums"), or g0 (memory="lean")
-            grads = [*s.flat, *(t for acc in s.acc for t in acc)] or [p.grad for p in s.active]
-            finite = torch.isfinite(torch.stack(s.losses)).all() & torch.isfinite(coefficients).all() \
-                & torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
+            # (not the estimate itself: a determinant's scale may overflow while the step is sound)
+            finite = torch.isfinite(torch.stack(s.losses)).all() & torch.isfinite(coefficients).all()
+            if self.grad_scaler is None or not self.grad_scaler.is_enabled():
+                grads = [*s.kept.g0, *(t for acc in s.kept.acc for t in acc)]
+                finite = finite & torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
         if self._ranks.mode == "per-rank":
             shared = torch.stack([loss0, sharpness.to(loss0.dtype), (~finite).to(loss0.dtype)])
             self._ranks.mean_([shared])
@@ -766,7 +858,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         self.skipped_steps += 1
         if self.grad_scaler is not None and self.grad_scaler.is_enabled():
             # the scaler sees an overflow: it skips, backs off, and update() has its record
-            for p in s.active:
+            for p in s.reached:
                 p.grad = torch.full_like(p, float("nan"))
             self.grad_scaler.step(self.base_optimizer)
             for p in s.trainable:
@@ -787,27 +879,24 @@ class PhiPsiSAM(torch.optim.Optimizer):
 
     # memory="sums": every perturbed pass's direction goes into running sums right away.
     def _summed_passes(self, closure: Callable, s: _Step, loss0: torch.Tensor) -> tuple:
+        kept = s.kept
         loss0 = self._ranks.global_loss(loss0)
         s.losses.append(loss0)
-        s.flat, s.g0 = _flat([p.grad for p in s.active])
         if self._ranks.sync and self._reads_g0(s.cfg):  # the direction or Delta uses the global gradient
-            self._ranks.mean_(s.flat)
-        g0_of = {id(p): g for p, g in zip(s.active, s.g0)}
+            self._ranks.mean_(kept.g0)
         d = loss0.new_full((), s.d)  # phi and psi see d as a 0-d tensor
-        s.acc = [[torch.zeros_like(g) for g in s.g0] for _ in range(self.slots)]
-        antithetic = s.cfg.difference == "antithetic"
-        stash = [torch.empty_like(g) for g in s.g0] if antithetic else []
-        self._last_buffers = sum(t.numel() for t in [*s.backup, *s.g0, *stash, *sum(s.acc, [])]) \
-            / sum(p.numel() for p in s.trainable)
+        torch._foreach_zero_([t for acc in kept.acc for t in acc])
+        self._last_buffers = kept.kept() / sum(p.numel() for p in s.trainable)
         deltas = []
         for a, group in enumerate(self.sample_groups):
             group_deltas = []
             for i in range(group.count(s.cfg.n_samples)):
                 s.where = f"perturbed point {i + 1} of {group.count(s.cfg.n_samples)} (sample group {a})"
-                linear = self._perturb(group, s, g0_of, linear=s.cfg.difference == "control")
-                delta, direction = self._perturbed_pass(closure, s, loss0, stash, linear)
+                linear = self._perturb(group, s, linear=s.cfg.difference == "control")
+                delta = self._perturbed_pass(closure, s, loss0, linear)
                 for slot, weight in self._weights(a, delta, d, s.cfg):
-                    torch._foreach_addcmul_(s.acc[slot], direction, [weight] * len(direction))
+                    for acc, direction in zip(kept.acc[slot], kept.grad):
+                        acc.addcmul_(direction, weight)
                 group_deltas.append(delta)
             deltas.append(torch.stack(group_deltas))
         self._back_to_x(s)
@@ -816,31 +905,43 @@ class PhiPsiSAM(torch.optim.Optimizer):
     def _summed_gradient(self, s: _Step, coefficients: torch.Tensor) -> None:
         """.grad = g0 + strength * sum_slot coefficient * accumulator, averaged over ranks.
 
-        Parameters the closure did not reach get None.
+        Parameters the clean pass did not reach get None.
         """
+        kept = s.kept
+        strength = self._strengths(s)
         for slot, c in enumerate(coefficients.unbind()):
-            torch._foreach_mul_(s.acc[slot], c)
-        for strength, index in _by_strength(s):
-            for acc in s.acc:
-                torch._foreach_add_([s.g0[i] for i in index], [acc[i] for i in index], alpha=strength)
-        self._ranks.mean_(s.flat)  # the step's one gradient all-reduce
-        torch._foreach_copy_(_grads(s.active), s.g0)
+            weights = [c * w for w in strength] if isinstance(strength, list) else [c * strength] * len(kept.g0)
+            for g0, acc, w in zip(kept.g0, kept.acc[slot], weights):
+                g0.addcmul_(acc, w)
+        self._ranks.mean_(kept.g0)  # the step's one gradient all-reduce
+        torch._foreach_copy_(kept.grad, kept.g0)
         self._forget_unreached(s)
 
-    def _perturbed_pass(self, closure: Callable, s: _Step, loss0: torch.Tensor, stash: list,
-                        linear: torch.Tensor | None) -> tuple:
-        """Delta of one sample and its direction: grad Delta * rho**2, left in the .grad tensors."""
+    def _strengths(self, s: _Step) -> float | list:
+        """Each graded parameter's group strength: one number, or per-element buffers."""
+        return self._per_element(s, "strength", outer=False)
+
+    def _per_element(self, s: _Step, key: str, outer: bool = True) -> float | list:
+        """A hyperparameter of the perturbed (outer) or graded parameters' groups, as _Kept.per_element gives it."""
+        groups = [g for g in self.param_groups if not outer or g["perturb"]]
+        if len({float(g[key]) for g in groups}) == 1:
+            return float(groups[0][key])
+        value_of = {id(p): float(g[key]) for g in groups for p in g["params"]}
+        return s.kept.per_element([value_of[id(p)] for p in (s.perturbed if outer else s.kept.graded)], outer)
+
+    def _perturbed_pass(self, closure: Callable, s: _Step, loss0: torch.Tensor,
+                        linear: torch.Tensor | None) -> torch.Tensor:
+        """Delta of one sample; its direction grad Delta * rho**2 is left in the kept ``grad``."""
+        kept = s.kept
         loss = self._pass(closure, s)
-        grads = _grads(s.active)
         if s.cfg.difference == "antithetic":
-            torch._foreach_copy_(stash, grads)
+            torch._foreach_copy_(kept.stash, kept.grad)
             self._reflect(s)
             loss = (loss + self._pass(closure, s)) / 2
-            grads = _grads(s.active)
-            torch._foreach_add_(grads, stash)
-            torch._foreach_mul_(grads, 0.5)
-        torch._foreach_sub_(grads, s.g0)
-        return self._delta(loss, loss0, linear, s.cfg), grads
+            torch._foreach_add_(kept.grad, kept.stash)
+            torch._foreach_mul_(kept.grad, 0.5)
+        torch._foreach_sub_(kept.grad, kept.g0)
+        return self._delta(loss, loss0, linear, s.cfg)
 
     @staticmethod
     def _delta(loss: torch.Tensor, loss0: torch.Tensor, linear: torch.Tensor | None, cfg: _Settings) -> torch.Tensor:
@@ -851,7 +952,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
 
     def _pass(self, closure: Callable, s: _Step) -> torch.Tensor:
         s.rng.rewind()
-        torch._foreach_zero_([p.grad for p in s.active if p.grad is not None])
+        torch._foreach_zero_(s.kept.grad)
         loss = self._ranks.global_loss(self._evaluate(closure))
         s.losses.append(loss)
         return loss
@@ -860,14 +961,13 @@ class PhiPsiSAM(torch.optim.Optimizer):
     def _lean_losses(self, closure: Callable, s: _Step, loss0: torch.Tensor) -> tuple:
         """The loss at every perturbed point, forward only; R, phi' and each gradient's weight W."""
         if self._ranks.sync and self._reads_g0(s.cfg):
-            self._ranks.mean_(s.flat)
-        g0_of = {id(p): p.grad for p in s.active}  # g0 itself: the forward-only passes leave .grad alone
+            self._ranks.mean_(s.kept.g0)
         s.start = self.generator.get_state()
         local, antithetic, control = [loss0], s.cfg.difference == "antithetic", s.cfg.difference == "control"
         for a, group in enumerate(self.sample_groups):
             for i in range(group.count(s.cfg.n_samples)):
                 s.where = f"perturbed point {i + 1} of {group.count(s.cfg.n_samples)} (sample group {a})"
-                s.linear.append(self._perturb(group, s, g0_of, linear=control))
+                s.linear.append(self._perturb(group, s, linear=control))
                 local.append(self._forward(closure, s))
                 if antithetic:
                     self._reflect(s)
@@ -877,7 +977,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         if self._ranks.sync:
             self._ranks.mean_([losses])  # all of the step's losses in one scalar all-reduce
         s.losses = list(losses.unbind())
-        self._last_buffers = sum(t.numel() for t in s.backup) / sum(p.numel() for p in s.trainable)
+        self._last_buffers = s.kept.kept() / sum(p.numel() for p in s.trainable)
         loss0, rest, linear = s.losses[0], iter(s.losses[1:]), iter(s.linear)
         d = loss0.new_full((), s.d)
         deltas = []
@@ -900,11 +1000,11 @@ class PhiPsiSAM(torch.optim.Optimizer):
         The generator is rewound so every point is drawn again exactly, and a hook scales each
         pass's gradient before autograd adds it to .grad: no per-point buffer ever exists.
         """
-        grads = [p.grad for p in s.active]
-        g0_of = {id(p): g for p, g in zip(s.active, grads)}
         total = sum(w for group in s.weights for w in group)
+        strength = self._strengths(s)
         weight = [None]
-        hooks = [p.register_hook(lambda g, f=s.strengths[id(p)]: g * (weight[0] * f)) for p in s.trainable]
+        group_of = {id(p): float(g["strength"]) for g in self.param_groups for p in g["params"]}
+        hooks = [p.register_hook(lambda g, f=group_of[id(p)]: g * (weight[0] * f)) for p in s.trainable]
         self.generator.set_state(s.start)
         rescaled, antithetic = False, s.cfg.difference == "antithetic"
         try:
@@ -912,10 +1012,12 @@ class PhiPsiSAM(torch.optim.Optimizer):
             for a in sorted(range(len(self.sample_groups)), key=lambda a: self.sample_groups[a].kind != "dirac"):
                 for i, w in enumerate(s.weights[a]):
                     s.where = f"perturbed point {i + 1} of {len(s.weights[a])} (sample group {a}, weighted pass)"
-                    self._perturb(self.sample_groups[a], s, g0_of)
+                    self._perturb(self.sample_groups[a], s)
                     if not rescaled:
-                        for strength, index in _by_strength(s):
-                            torch._foreach_mul_([grads[i] for i in index], 1 - strength * total)
+                        factors = [1 - f * total for f in strength] if isinstance(strength, list) \
+                            else [1 - strength * total] * len(s.kept.grad)
+                        for g, f in zip(s.kept.grad, factors):
+                            g.mul_(f)
                         rescaled = True
                     weight[0] = w / 2 if antithetic else w
                     self._backward(closure, s)
@@ -926,7 +1028,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
             for hook in hooks:
                 hook.remove()
         self._back_to_x(s)
-        self._ranks.mean_(s.flat)  # the step's one gradient all-reduce
+        self._ranks.mean_(s.kept.grad)  # the step's one gradient all-reduce
         self._forget_unreached(s)
 
     def _forward(self, closure: Callable, s: _Step) -> torch.Tensor:
@@ -965,34 +1067,40 @@ class PhiPsiSAM(torch.optim.Optimizer):
             raise self.Error(f"the closure must return the loss as a 0-d tensor, got {shape}")
         return loss.detach().to(torch.promote_types(loss.dtype, torch.float32))
 
-    def _perturb(self, group: GroupSpec, s: _Step, g0_of: dict, linear: bool = False) -> torch.Tensor | None:
+    def _perturb(self, group: GroupSpec, s: _Step, linear: bool = False) -> torch.Tensor | None:
         """Write x + e, e = rho * a * v, into the perturbed parameters (a = |x| + eta when adaptive).
 
-        Each parameter moves at its group's rho. With ``linear``, returns g0 . e (the control
-        variate's known first-order term).
+        e is built in the kept flat buffer ``e``, one kernel per operation. Each parameter
+        moves at its group's rho. With ``linear``, returns g0 . e (the control variate's
+        known first-order term).
         """
-        perturbed, backup = s.perturbed, s.backup
+        kept = s.kept
+        e = kept.e
         if group.kind == "dirac":  # SAM: v = a g0 / |a g0|, so the step is rho a^2 g0 / |a g0| (ASAM)
-            for p in perturbed:
-                g = g0_of.get(id(p))
-                p.copy_(g) if g is not None else p.zero_()
+            torch._foreach_copy_(e, kept.g0_prefix)
             self._scale_adaptive(s, group.adaptive)
-            torch._foreach_div_(perturbed, _global_norm(perturbed).clamp_min(torch.finfo(perturbed[0].dtype).tiny))
+            torch._foreach_div_(e, _global_norm(e).clamp_min(torch.finfo(e[0].dtype).tiny))
+        elif group.kind == "point":  # e_i indexes the parameters flattened in order, not the buffers
+            draw_("point", kept.e_views, support=group.support)
         else:
-            draw_(group.kind, perturbed, self.generator, group.half_width, group.support)
+            draw_(group.kind, e, self.generator, group.half_width)
         self._scale_adaptive(s, group.adaptive)
-        torch._foreach_mul_(perturbed, s.rhos)
-        dot = None
-        if linear:
-            pairs = [(e, g0_of[id(e)]) for e in perturbed if id(e) in g0_of]
-            dot = sum(torch.vdot(e.reshape(-1), g.reshape(-1)) for e, g in pairs)
-        torch._foreach_add_(perturbed, backup)
+        rho = self._per_element(s, "rho")
+        torch._foreach_mul_(e, rho)
+        dot = sum(torch.dot(a, b) for a, b in zip(e, kept.g0_prefix)) if linear else None
+        torch._foreach_add_(e, kept.x)
+        torch._foreach_copy_(s.perturbed, kept.e_views)
         return dot
 
     def _scale_adaptive(self, s: _Step, measure_is_adaptive: bool) -> None:
-        for p, x, (adaptive, eta) in zip(s.perturbed, s.backup, s.adapt):
-            if adaptive or measure_is_adaptive:
-                p.mul_(x.abs().add_(eta))
+        """e *= |x| + eta where the measure or the parameter's group is adaptive."""
+        adaptive = 1.0 if measure_is_adaptive else self._per_element(s, "adaptive")
+        if adaptive == 0.0:
+            return
+        factor = torch._foreach_add(torch._foreach_abs(s.kept.x), self._per_element(s, "eta"))
+        if isinstance(adaptive, list):  # some groups adaptive, some not: factor 1 for the rest
+            factor = [torch.where(mask > 0, f, 1) for f, mask in zip(factor, adaptive)]
+        torch._foreach_mul_(s.kept.e, factor)
 
     def _reflect(self, s: _Step) -> None:
         """x + e -> x - e, with e exactly the applied offset (x + e) - x."""
@@ -1010,7 +1118,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
     def _weights(self, group: int, delta: torch.Tensor, d: torch.Tensor, cfg: _Settings):
         """(slot, weight) pairs: how much of this sample's direction each accumulator takes."""
         if cfg.estimator == "plugin":
-            slopes = _slopes(self.psi, delta, d)
+            slopes = self.psi_slopes(delta, d) if self.derivatives == "symbolic" else _slopes(self.psi, delta, d)
             return [(c, slopes[c]) for c in self.sample_groups[group].components]
         return [(slot, delta ** (k - 1)) for slot, (a, k) in enumerate(self.power_sums) if a == group]
 
@@ -1028,11 +1136,14 @@ class PhiPsiSAM(torch.optim.Optimizer):
                 values = self.psi(samples, d)
                 for c in group.components:
                     means[c], counts[c] = values[c].mean(), len(samples)
-            value, slopes = _value_and_grad(self.phi, torch.stack(means), d)
+            ts = torch.stack(means)
+            value, slopes = ((self.phi(ts, d), self.phi_grad(ts, d)) if self.derivatives == "symbolic"
+                             else _value_and_grad(self.phi, ts, d))
             slopes = slopes / slopes.new_tensor(counts)
         else:
             sums = torch.stack([(deltas[a] ** k).sum() for a, k in self.power_sums])
-            value, slopes = _value_and_grad(self.ustat, sums, n, d)
+            value, slopes = ((self.ustat(sums, n, d), self.ustat_grad(sums, n, d)) if self.derivatives == "symbolic"
+                             else _value_and_grad(self.ustat, sums, n, d))
             slopes = torch.stack([s * k for s, (_, k) in zip(slopes.unbind(), self.power_sums)])
         d64 = d.to(torch.float64)  # scale can be huge ((2 pi)^d for determinants): float64, and
         scale, offset = self.scale(d64, d64.new_tensor(cfg.rho)), self.offset(d64, d64.new_tensor(cfg.rho))
@@ -1045,7 +1156,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         return estimate, slopes * weight
 
     def _forget_unreached(self, s: _Step) -> None:
-        reached = {id(p) for p in s.active}
+        reached = {id(p) for p in s.trainable} if self._ranks.mode else {id(p) for p in s.reached}
         for p in s.trainable:
             if id(p) not in reached:
                 p.grad = None
