@@ -33,6 +33,8 @@ per point straight into .grad, with the perturbations regenerated from a saved g
 """
 
 import contextlib
+import hashlib
+import threading
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -45,6 +47,12 @@ __all__ = ["OptimizerError", "GroupSpec", "PhiPsiSAM", "draw_", "sample_rows", "
 
 class OptimizerError(ValueError):
     """Misuse of the optimizer, or a step that could not be completed safely."""
+
+
+#: Held by a step from start to end. Common random numbers replay the process-wide global RNG,
+#: so two steps running in two threads would hand each other's dropout masks to their passes:
+#: a step that finds another thread's step inside refuses to start.
+_STEP_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -358,6 +366,26 @@ class _Ranks:
     def _source(self) -> int:
         return 0 if self.group is None else torch.distributed.get_global_rank(self.group, 0)
 
+    def agree(self, configuration: str, error: type) -> None:
+        """Check that every rank was built with the same configuration: one all-gather of a hash.
+
+        A mismatch raises ``error`` on every rank (each sees all hashes), before any rank
+        starts a collective the others would not match.
+        """
+        if self.mode is None:
+            return
+        digest = int.from_bytes(hashlib.sha256(configuration.encode()).digest()[:8], "little", signed=True)
+        nccl = torch.distributed.get_backend(self.group) == "nccl"
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        mine = torch.tensor([digest], dtype=torch.int64, device=device)
+        everyone = [torch.empty_like(mine) for _ in range(self.world)]
+        torch.distributed.all_gather(everyone, mine, group=self.group)
+        differ = [r for r, h in enumerate(everyone) if not torch.equal(h, everyone[0])]
+        if differ:
+            raise error(f"the ranks were built with different optimizer configurations (ranks {differ} differ "
+                        f"from rank 0; this rank's: {configuration}): every rank must construct the same "
+                        "optimizer class with the same options")
+
     def share_(self, generator: torch.Generator, params: list) -> None:
         """Start every rank from rank 0's generator state and (unless DDP did) parameters."""
         if self.mode is None:
@@ -451,6 +479,8 @@ class _Step:
     linear: list = field(default_factory=list)       # difference="control": g0 . e of each perturbed point
     generator_before: Any = None                     # the perturbation generator's state: a failed step leaves it
     start: Any = None                                # memory="lean": the generator state before the draws
+    witness: Any = None                              # hook handle counting backward passes (see _watch)
+    backwards: int = 0                               # backward passes that reached the witness parameter
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -584,6 +614,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         self.generator = generator
         self._dimension(self._perturbed())
         self._ranks = _Ranks(distributed, process_group, model)
+        self._ranks.agree(self._configuration(), self.Error)
         self._ranks.share_(self.generator, [p for g in self.param_groups for p in g["params"]])
         _load_forward_ad()
 
@@ -712,27 +743,64 @@ class PhiPsiSAM(torch.optim.Optimizer):
         bound = 2 if self.memory == "lean" else 2 + self.slots + int(self._settings().difference == "antithetic")
         return {"bound": bound, "allocated": self._last_buffers}
 
+    def _configuration(self) -> str:
+        """What a checkpoint or another rank must share with this optimizer: the measure and the step's shape."""
+        cfg = self._settings()
+        return repr(dict(target=self.target, m=self.m, sample_groups=self.sample_groups, power_sums=self.power_sums,
+                         fixed_d=self.fixed_d, n_samples=cfg.n_samples, estimator=cfg.estimator,
+                         difference=cfg.difference, relative=cfg.relative, memory=self.memory,
+                         nonfinite=self.nonfinite, distributed=self._ranks.mode,
+                         base=type(self.base_optimizer).__name__))
+
     def state_dict(self) -> dict:
         state = self.base_optimizer.state_dict()
-        state["phi_psi_sam"] = {"generator_state": self.generator.get_state(),
+        state["phi_psi_sam"] = {"generator_state": self.generator.get_state(), "configuration": self._configuration(),
                                 "skipped_steps": self.skipped_steps, "magnitude": self._magnitude.state()}
         if self._ranks.mode == "per-rank":
             state["phi_psi_sam"]["rank"] = self._ranks.rank
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Load a checkpoint; in per-rank mode another rank's stream is split off for this rank."""
-        ours = state_dict.get("phi_psi_sam")
-        self.base_optimizer.load_state_dict({k: v for k, v in state_dict.items() if k != "phi_psi_sam"})
+        """Load a checkpoint of an optimizer with this measure and configuration.
+
+        Anything else (another measure or configuration, a plain torch optimizer's state, a
+        corrupt generator state) raises OptimizerError and leaves this optimizer unchanged.
+        In per-rank mode another rank's stream is split off for this rank.
+        """
+        ours = self._checked_state(state_dict)
+        try:
+            self.base_optimizer.load_state_dict({k: v for k, v in state_dict.items() if k != "phi_psi_sam"})
+        except (ValueError, KeyError, TypeError) as error:
+            raise self.Error(f"the checkpoint does not fit this optimizer's parameters: {error}") from error
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
-        if ours is not None:
-            self.generator.set_state(ours["generator_state"])
-            self.skipped_steps = ours["skipped_steps"]
-            if "magnitude" in ours:
-                self._magnitude.load(ours["magnitude"])
-            if self._ranks.mode == "per-rank" and ours.get("rank") != self._ranks.rank:
-                self._ranks.split_(self.generator)
+        self.generator.set_state(ours["generator_state"])
+        self.skipped_steps = ours["skipped_steps"]
+        self._magnitude.load(ours["magnitude"])
+        if self._ranks.mode == "per-rank" and ours.get("rank") != self._ranks.rank:
+            self._ranks.split_(self.generator)
+
+    def _checked_state(self, state_dict: Any) -> dict:
+        """Our part of a checkpoint, after checking that it was saved by an optimizer like this one."""
+        ours = state_dict.get("phi_psi_sam") if isinstance(state_dict, dict) else None
+        if not isinstance(ours, dict):
+            raise self.Error(f"not a {type(self).__name__} checkpoint: it has no 'phi_psi_sam' entry (a plain "
+                             "torch optimizer's state_dict?)")
+        saved, mine = ours.get("configuration"), self._configuration()
+        if saved != mine:
+            raise self.Error(f"the checkpoint was saved by another measure or configuration:\n  saved: {saved}\n"
+                             f"  this:  {mine}")
+        missing = [k for k in ("generator_state", "skipped_steps", "magnitude") if k not in ours]
+        if missing:
+            raise self.Error(f"the checkpoint's 'phi_psi_sam' entry lacks {missing}")
+        try:  # a scratch generator, so a corrupt state changes nothing here
+            torch.Generator(device=self.generator.device).set_state(ours["generator_state"])
+        except (RuntimeError, TypeError) as error:
+            raise self.Error(f"the checkpoint's generator state is corrupt: {error}") from error
+        groups = state_dict.get("param_groups")
+        if not isinstance(groups, list) or any(not isinstance(g, dict) or set(self.defaults) - set(g) for g in groups):
+            raise self.Error("the checkpoint's param groups lack this optimizer's hyperparameters")
+        return ours
 
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
@@ -749,6 +817,16 @@ class PhiPsiSAM(torch.optim.Optimizer):
         if closure is None:
             raise self.Error(f"{type(self).__name__}.step needs a closure that computes the loss "
                              "and calls loss.backward()")
+        if not _STEP_LOCK.acquire(blocking=False):
+            raise self.Error("another thread is inside a sharpc optimizer step: common random numbers replay "
+                             "the global RNG, so concurrent steps would draw each other's dropout masks; step "
+                             "sharpc optimizers from one thread at a time")
+        try:
+            return self._step(closure)
+        finally:
+            _STEP_LOCK.release()
+
+    def _step(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
         s = self._start(self._settings())
         lean = self.memory == "lean"
         try:
@@ -769,6 +847,9 @@ class PhiPsiSAM(torch.optim.Optimizer):
                 raise
             raise self.Error(f"the step failed at the {s.where} ({type(error).__name__}: {error}); "
                              "parameters restored to their pre-step values") from error
+        finally:
+            if s.witness is not None:
+                s.witness.remove()
         if self.grad_scaler is None:
             self.base_optimizer.step()
         else:  # the gradient is the scaler's scale times the true one: it unscales, checks and steps
@@ -825,10 +906,22 @@ class PhiPsiSAM(torch.optim.Optimizer):
         torch._foreach_copy_([v for v, _ in has_grad], [g for _, g in has_grad])
         for p, view in zip(graded, kept.grad_views):
             p.grad = view
+        self._watch(s)
         s.rng.clean_pass_done()
         if s.stats:
             torch._foreach_copy_(s.stats_clean, s.stats)
         return loss0
+
+    def _watch(self, s: _Step) -> None:
+        """Count backward passes: a parameter the clean pass reached is reached by every pass that calls backward."""
+        def counted(_: torch.Tensor) -> None:
+            s.backwards += 1
+        s.witness = s.reached[0].register_post_accumulate_grad_hook(counted)
+
+    def _called_backward(self, s: _Step, before: int) -> None:
+        if s.backwards == before:
+            raise self.Error(f"the closure did not call loss.backward() at the {s.where}; it must on every "
+                             "call that runs with gradients enabled (the step clears them before each call)")
 
     def _agree(self, s: _Step, loss0, sharpness, coefficients) -> tuple:
         """(loss0, R, whether the step is finite), alike on every rank; the step's one host read.
@@ -953,7 +1046,9 @@ class PhiPsiSAM(torch.optim.Optimizer):
     def _pass(self, closure: Callable, s: _Step) -> torch.Tensor:
         s.rng.rewind()
         torch._foreach_zero_(s.kept.grad)
+        before = s.backwards
         loss = self._ranks.global_loss(self._evaluate(closure))
+        self._called_backward(s, before)
         s.losses.append(loss)
         return loss
 
@@ -1047,7 +1142,9 @@ class PhiPsiSAM(torch.optim.Optimizer):
     def _backward(self, closure: Callable, s: _Step) -> None:
         """A closure call whose gradient (scaled by the hooks) adds to .grad."""
         s.rng.rewind()
+        before = s.backwards
         self._evaluate(closure)
+        self._called_backward(s, before)
 
     # ------------------------------------------------------------------ shared pieces
     def _reads_g0(self, cfg: _Settings) -> bool:
