@@ -813,6 +813,9 @@ class PhiPsiSAM(torch.optim.Optimizer):
         loss-only call per perturbed point) and gradients are cleared before every call: it
         must not clear them itself. Afterwards ``.grad`` holds the combined gradient the base
         optimizer used and ``self.sharpness`` the step's estimate of the target (at radius rho).
+
+        Not thread-safe: common random numbers replay the process-wide RNG, so a step that
+        finds another thread's step running raises OptimizerError instead of starting.
         """
         if closure is None:
             raise self.Error(f"{type(self).__name__}.step needs a closure that computes the loss "
