@@ -33,6 +33,7 @@ per point straight into .grad, with the perturbations regenerated from a saved g
 """
 
 import contextlib
+import functools
 import hashlib
 import threading
 import warnings
@@ -126,6 +127,8 @@ def _point_(tensors: list, support: tuple) -> None:
 
 
 def _global_norm(tensors: list) -> torch.Tensor:
+    if len(tensors) == 1:  # one flat buffer: one kernel
+        return torch.linalg.vector_norm(tensors[0])
     norms = torch._foreach_norm(tensors)
     return torch.linalg.vector_norm(torch.stack([x.to(norms[0].dtype) for x in norms]))
 
@@ -604,6 +607,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         self._last_buffers: float | None = None
         self._kept: _Kept | None = None           # flat buffers, kept while the parameter set is unchanged
         self._stats_kept: tuple | None = None     # kept copies of the running statistics
+        self._constants: dict = {}                 # the target's scale and offset at the last (d, rho)
         device = self.param_groups[0]["params"][0].device
         if generator is None:
             if seed is None:  # derived from the global RNG, so torch.manual_seed reproduces runs
@@ -936,10 +940,12 @@ class PhiPsiSAM(torch.optim.Optimizer):
         check = self.nonfinite != "ignore"
         if check or self._ranks.mode == "per-rank":
             # (not the estimate itself: a determinant's scale may overflow while the step is sound)
-            finite = torch.isfinite(torch.stack(s.losses)).all() & torch.isfinite(coefficients).all()
+            checked = [torch.stack(s.losses), coefficients]
             if self.grad_scaler is None or not self.grad_scaler.is_enabled():
                 grads = [*s.kept.g0, *(t for acc in s.kept.acc for t in acc)]
-                finite = finite & torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
+                checked.append(torch.stack(torch._foreach_norm(grads)))
+            dtype = functools.reduce(torch.promote_types, [c.dtype for c in checked])  # widest: no overflow
+            finite = torch.isfinite(torch.cat([c.to(dtype) for c in checked])).all()
         if self._ranks.mode == "per-rank":
             shared = torch.stack([loss0, sharpness.to(loss0.dtype), (~finite).to(loss0.dtype)])
             self._ranks.mean_([shared])
@@ -992,11 +998,11 @@ class PhiPsiSAM(torch.optim.Optimizer):
                 delta = self._perturbed_pass(closure, s, loss0, linear)
                 for slot, weight in self._weights(a, delta, d, s.cfg):
                     for acc, direction in zip(kept.acc[slot], kept.grad):
-                        acc.addcmul_(direction, weight)
+                        acc.add_(direction) if weight is None else acc.addcmul_(direction, weight)
                 group_deltas.append(delta)
             deltas.append(torch.stack(group_deltas))
         self._back_to_x(s)
-        return (loss0, *self._combine(deltas, d, s.cfg))
+        return (loss0, *self._combine(deltas, d, s.cfg, s.d))
 
     def _summed_gradient(self, s: _Step, coefficients: torch.Tensor) -> None:
         """.grad = g0 + strength * sum_slot coefficient * accumulator, averaged over ranks.
@@ -1087,8 +1093,9 @@ class PhiPsiSAM(torch.optim.Optimizer):
                     loss = (loss + next(rest)) / 2
                 group_deltas.append(self._delta(loss, loss0, next(linear), s.cfg))
             deltas.append(group_deltas)
-        sharpness, coefficients = self._combine([torch.stack(g) for g in deltas], d, s.cfg)
-        s.weights = [[sum((coefficients[slot] * w for slot, w in self._weights(a, delta, d, s.cfg)),
+        sharpness, coefficients = self._combine([torch.stack(g) for g in deltas], d, s.cfg, s.d)
+        s.weights = [[sum((coefficients[slot] if w is None else coefficients[slot] * w
+                           for slot, w in self._weights(a, delta, d, s.cfg)),
                           loss0.new_zeros(())) for delta in group_deltas] for a, group_deltas in enumerate(deltas)]
         return loss0, sharpness, coefficients
 
@@ -1216,13 +1223,14 @@ class PhiPsiSAM(torch.optim.Optimizer):
         s.rng.finish()
 
     def _weights(self, group: int, delta: torch.Tensor, d: torch.Tensor, cfg: _Settings):
-        """(slot, weight) pairs: how much of this sample's direction each accumulator takes."""
+        """(slot, weight) pairs: how much of this sample's direction each accumulator takes (None: all of it)."""
         if cfg.estimator == "plugin":
             slopes = self.psi_slopes(delta, d) if self.derivatives == "symbolic" else _slopes(self.psi, delta, d)
             return [(c, slopes[c]) for c in self.sample_groups[group].components]
-        return [(slot, delta ** (k - 1)) for slot, (a, k) in enumerate(self.power_sums) if a == group]
+        return [(slot, None if k == 1 else delta if k == 2 else delta ** (k - 1))  # None: weight 1
+                for slot, (a, k) in enumerate(self.power_sums) if a == group]
 
-    def _combine(self, deltas: list, d: torch.Tensor, cfg: _Settings) -> tuple[torch.Tensor, torch.Tensor]:
+    def _combine(self, deltas: list, d: torch.Tensor, cfg: _Settings, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The target estimate and each accumulator's coefficient in the final gradient (before strength).
 
         S = phi(...) estimates target = scale * S + offset, and the accumulators hold
@@ -1245,15 +1253,24 @@ class PhiPsiSAM(torch.optim.Optimizer):
             value, slopes = ((self.ustat(sums, n, d), self.ustat_grad(sums, n, d)) if self.derivatives == "symbolic"
                              else _value_and_grad(self.ustat, sums, n, d))
             slopes = torch.stack([s * k for s, (_, k) in zip(slopes.unbind(), self.power_sums)])
-        d64 = d.to(torch.float64)  # scale can be huge ((2 pi)^d for determinants): float64, and
-        scale, offset = self.scale(d64, d64.new_tensor(cfg.rho)), self.offset(d64, d64.new_tensor(cfg.rho))
+        scale, offset, shift = self._target_constants(dim, d, cfg.rho)
         estimate = (scale * value + offset).to(value.dtype)
         if cfg.relative:  # strength * grad(target) / mean|target| = strength * grad(S) / mean|S + offset/scale|
-            magnitude = self._magnitude.proposed(value + (offset / scale).to(value.dtype))
+            magnitude = self._magnitude.proposed(value + shift.to(value.dtype))
             weight = 1 / (cfg.rho ** 2 * magnitude.clamp_min(torch.finfo(value.dtype).tiny))
         else:
             weight = (scale / cfg.rho ** 2).to(value.dtype)
         return estimate, slopes * weight
+
+    def _target_constants(self, dim: int, like: torch.Tensor, rho: float) -> tuple:
+        """scale, offset and offset / scale at (d, rho) in float64 (scale can be huge, (2 pi)^d for
+        determinants), computed once per (d, rho, device) rather than every step."""
+        key = (dim, rho, like.device)
+        if key not in self._constants:
+            d64 = like.new_full((), dim, dtype=torch.float64)
+            scale, offset = self.scale(d64, d64.new_tensor(rho)), self.offset(d64, d64.new_tensor(rho))
+            self._constants = {key: (scale, offset, offset / scale)}  # the latest only: rho may be annealed
+        return self._constants[key]
 
     def _forget_unreached(self, s: _Step) -> None:
         reached = {id(p) for p in s.trainable} if self._ranks.mode else {id(p) for p in s.reached}
