@@ -79,7 +79,8 @@ def make_runs(device: torch.device, batch: int) -> dict:
     configs = {
         "SGD": (0, lambda p, m: torch.optim.SGD(p, **SGD)),
         "SAM": (1, lambda p, m: SAM(p, model=m, **SGD)),
-        "FrobSAM n=4 one-sided": (4, lambda p, m: FrobSAM(p, model=m, n_samples=4, difference="one-sided", seed=0, **SGD)),
+        "FrobSAM n=4 one-sided": (4, lambda p, m: FrobSAM(p, model=m, n_samples=4, difference="one-sided", seed=0,
+                                                           **SGD)),
         "FrobSAM n=4 one-sided, nonfinite='ignore'": (4, lambda p, m: FrobSAM(
             p, model=m, n_samples=4, difference="one-sided", nonfinite="ignore", seed=0, **SGD)),
     }

@@ -185,8 +185,9 @@ def issue10(repeats: int, inner: int) -> list[tuple]:
     y = torch.randint(0, 10, (x.shape[0],))
     n, rho, strength = 4, 0.01, 0.001
     runs = [Run("SGD", 0, model, x, y, lambda p: torch.optim.SGD(p, **SGD), style="plain"),
-            Run("FrobSAM", n, model, x, y, lambda p: FrobSAM(p, n_samples=n, seed=0, rho=rho, strength=strength * rho**2,
-                                                             relative=False, difference="one-sided", **SGD)),
+            Run("FrobSAM", n, model, x, y,
+                lambda p: FrobSAM(p, n_samples=n, seed=0, rho=rho, strength=strength * rho**2, relative=False,
+                                  difference="one-sided", **SGD)),
             Run("FROSAM structure", n, model, x, y,
                 lambda p: Algorithm3(p, n=n, seed=0, rho=rho, strength=strength, draw="per-tensor", **SGD))]
     try:
@@ -204,7 +205,8 @@ def issue10(repeats: int, inner: int) -> list[tuple]:
              f"{ms['FrobSAM'] / ms['FROSAM structure']:.2f} ({ms['FrobSAM']:.2f} / {ms['FROSAM structure']:.2f} ms)")]
     if "SAM" in ms:
         rows.append(("issue 10: SAM preset / pytorch_optimizer.SAM", "MLP, rho 0.05, target <= 1.0",
-                     f"{ms['SAM'] / ms['pytorch_optimizer.SAM']:.2f} ({ms['SAM']:.2f} / {ms['pytorch_optimizer.SAM']:.2f} ms)"))
+                     f"{ms['SAM'] / ms['pytorch_optimizer.SAM']:.2f} "
+                     f"({ms['SAM']:.2f} / {ms['pytorch_optimizer.SAM']:.2f} ms)"))
     else:
         rows.append(("issue 10: SAM preset / pytorch_optimizer.SAM", "-", "pytorch-optimizer not installed"))
     return rows + against_frosam_deep(repeats, inner) + op_counts.rows()

@@ -1109,7 +1109,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
         strength = self._strengths(s)
         weight = [None]
         group_of = {id(p): float(g["strength"]) for g in self.param_groups for p in g["params"]}
-        hooks = [p.register_hook(lambda g, f=group_of[id(p)]: g * (weight[0] * f)) for p in s.trainable]
+        factors = [group_of[id(p)] for p in s.trainable]
+        hooks = [p.register_hook(lambda g, f=f: g * (weight[0] * f)) for p, f in zip(s.trainable, factors)]
         self.generator.set_state(s.start)
         rescaled, antithetic = False, s.cfg.difference == "antithetic"
         try:
