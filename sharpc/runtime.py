@@ -15,7 +15,11 @@ g0 = grad L(x) and g_i = grad L(x + rho v_i). The unbiased estimator replaces ph
 by a U-statistic U(P_1, ..., P_K) of the power sums P_k = sum_i Delta_i**k, whose gradient
 is sum_k dU/dP_k * k * sum_i Delta_i**(k-1) (g_i - g0). Either way only running sums are
 kept: a backup of the perturbed parameters, g0, and one accumulator per psi component
-(plug-in) or per power sum (U-statistic), never n gradients.
+(plug-in) or per power sum (U-statistic), never n gradients. Each is one flat buffer per
+(device, dtype), allocated once and kept while the parameter set is unchanged (``_Kept``),
+so a step's bookkeeping costs a number of kernels independent of the number of tensors.
+phi', psi' and dU/dP come from the compiler (SymPy, ``derivatives = "symbolic"``); where it
+could not print them the step differentiates by autograd (``derivatives = "autograd"``).
 
 Every perturbed pass replays the clean pass's global RNG state (common random numbers:
 identical dropout masks), while perturbations come from the optimizer's own generator.
@@ -222,14 +226,6 @@ def _value_and_grad(f: Callable, x: torch.Tensor, *args) -> tuple:
             return y.detach(), torch.zeros_like(x)
         (grad,) = torch.autograd.grad(y, x)
     return y.detach(), grad
-
-
-def _grads(params: list) -> list:
-    """The .grad of each parameter; one the closure did not reach counts as zero."""
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    return [p.grad for p in params]
 
 
 def _materialized(group: Any) -> Any:
@@ -620,7 +616,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
         self._ranks = _Ranks(distributed, process_group, model)
         self._ranks.agree(self._configuration(), self.Error)
         self._ranks.share_(self.generator, [p for g in self.param_groups for p in g["params"]])
-        _load_forward_ad()
+        if self.derivatives != "symbolic":  # the autograd path differentiates psi by forward mode
+            _load_forward_ad()
 
     def _step_defaults(self, estimator: str, n_samples: int | None) -> dict:
         """Resolve estimator="auto" and n_samples=None, so the param groups show what a step does."""
