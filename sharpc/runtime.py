@@ -305,14 +305,18 @@ class _Kept:
         self.g0_prefix = self.outer.prefixes(self.g0, self.inner)
         self._filled: dict = {}
 
-    def per_element(self, values: list, outer: bool = True) -> float | list:
-        """One number when every tensor has the same value, else (cached) buffers of per-element values."""
+    def per_element(self, name: str, values: list, outer: bool = True) -> float | list:
+        """One number when every tensor has the same value, else buffers of per-element values.
+
+        The buffers of each hyperparameter ``name`` are kept until its values change (a
+        schedule that anneals one group's rho rebuilds them; nothing accumulates).
+        """
         if len(set(values)) == 1:
             return float(values[0])
-        key = (outer, tuple(values))
-        if key not in self._filled:
-            self._filled[key] = (self.outer if outer else self.inner).filled(values)
-        return self._filled[key]
+        values = tuple(values)
+        if self._filled.get(name, (None,))[0] != values:
+            self._filled[name] = (values, (self.outer if outer else self.inner).filled(values))
+        return self._filled[name][1]
 
     def kept(self) -> int:
         """Elements held for the step beyond the .grad buffer itself."""
@@ -1026,7 +1030,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         if len({float(g[key]) for g in groups}) == 1:
             return float(groups[0][key])
         value_of = {id(p): float(g[key]) for g in groups for p in g["params"]}
-        return s.kept.per_element([value_of[id(p)] for p in (s.perturbed if outer else s.kept.graded)], outer)
+        return s.kept.per_element(key, [value_of[id(p)] for p in (s.perturbed if outer else s.kept.graded)], outer)
 
     def _perturbed_pass(self, closure: Callable, s: _Step, loss0: torch.Tensor,
                         linear: torch.Tensor | None) -> torch.Tensor:

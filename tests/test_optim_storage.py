@@ -64,3 +64,22 @@ def test_a_new_param_group_gets_new_buffers_and_steps_like_a_fresh_optimizer():
     for a, b in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-14)
     assert {_storage(p.grad) for p in model.parameters()} == {_storage(grown._kept.grad[0])}
+
+
+def test_per_group_rho_and_adaptivity_scale_their_own_elements_of_one_sphere_sample():
+    """Weights at rho 0.05, adaptive (eta 0.1); biases at rho 0.02, plain: e / (rho a) is one unit vector."""
+    from sharpc.optim import TraceSAM
+
+    model, x, y = tiny_mlp(dtype=torch.float64)
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    opt = TraceSAM([{"params": weights, "rho": 0.05, "adaptive": True, "eta": 0.1},
+                    {"params": biases, "rho": 0.02}], lr=0.0, seed=0, n_samples=1, difference="one-sided")
+    record: list = []
+    opt.step(make_closure(model, x, y, record))
+    order = [n.endswith("weight") for n, _ in model.named_parameters()]
+    x0, x1 = record[0], record[1]
+    pieces = [(b - a) / (0.05 * (a.abs() + 0.1)) if is_weight else (b - a) / 0.02
+              for a, b, is_weight in zip(x0, x1, order)]
+    v = torch.cat([p.reshape(-1) for p in pieces])
+    torch.testing.assert_close(torch.linalg.vector_norm(v), torch.tensor(1.0, dtype=torch.float64))
