@@ -1249,7 +1249,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
             ts = torch.stack(means)
             value, slopes = ((self.phi(ts, d), self.phi_grad(ts, d)) if self.derivatives == "symbolic"
                              else _value_and_grad(self.phi, ts, d))
-            slopes = slopes / slopes.new_tensor(counts)
+            # (a mean over count samples: slope / count; one count for all needs no tensor)
+            slopes = slopes / (counts[0] if len(set(counts)) == 1 else slopes.new_tensor(counts))
         else:
             sums = torch.stack([(deltas[a] ** k).sum() for a, k in self.power_sums])
             value, slopes = ((self.ustat(sums, n, d), self.ustat_grad(sums, n, d)) if self.derivatives == "symbolic"
