@@ -618,7 +618,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         self.generator = generator
         self._dimension(self._perturbed())
         self._ranks = _Ranks(distributed, process_group, model)
-        self._ranks.agree(self._configuration(), self.Error)
+        self._ranks.agree(self._configuration(execution=True), self.Error)
         self._ranks.share_(self.generator, [p for g in self.param_groups for p in g["params"]])
         if self.derivatives != "symbolic":  # the autograd path differentiates psi by forward mode
             _load_forward_ad()
@@ -748,14 +748,19 @@ class PhiPsiSAM(torch.optim.Optimizer):
         bound = 2 if self.memory == "lean" else 2 + self.slots + int(self._settings().difference == "antithetic")
         return {"bound": bound, "allocated": self._last_buffers}
 
-    def _configuration(self) -> str:
-        """What a checkpoint or another rank must share with this optimizer: the measure and the step's shape."""
+    def _configuration(self, execution: bool = False) -> str:
+        """What a checkpoint must share with this optimizer: the measure and the step's estimator.
+
+        With ``execution``, also how the step runs (memory, nonfinite, distributed mode): what
+        the ranks of one job must agree on. A checkpoint may be resumed with other choices.
+        """
         cfg = self._settings()
-        return repr(dict(target=self.target, m=self.m, sample_groups=self.sample_groups, power_sums=self.power_sums,
-                         fixed_d=self.fixed_d, n_samples=cfg.n_samples, estimator=cfg.estimator,
-                         difference=cfg.difference, relative=cfg.relative, memory=self.memory,
-                         nonfinite=self.nonfinite, distributed=self._ranks.mode,
-                         base=type(self.base_optimizer).__name__))
+        shared = dict(target=self.target, m=self.m, sample_groups=self.sample_groups, power_sums=self.power_sums,
+                      fixed_d=self.fixed_d, n_samples=cfg.n_samples, estimator=cfg.estimator,
+                      difference=cfg.difference, relative=cfg.relative, base=type(self.base_optimizer).__name__)
+        if execution:
+            shared.update(memory=self.memory, nonfinite=self.nonfinite, distributed=self._ranks.mode)
+        return repr(shared)
 
     def state_dict(self) -> dict:
         state = self.base_optimizer.state_dict()

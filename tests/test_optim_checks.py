@@ -44,8 +44,7 @@ def _frobenius_checkpoint() -> dict:
     (lambda: _trained(SAM), "another measure or configuration"),
     (lambda: _trained(optimizer_class(sharpc.compile("sum(l**3)"))), "another measure or configuration"),
     (lambda: _trained(FrobSAM, n_samples=4), "another measure or configuration"),
-    (lambda: _trained(FrobSAM, nonfinite="skip"),
-     "another measure or configuration"),
+    (lambda: _trained(FrobSAM, estimator="plugin", n_samples=2), "another measure or configuration"),
 ])
 def test_a_checkpoint_of_another_measure_or_configuration_is_refused(make, message):
     opt = make()
@@ -82,11 +81,26 @@ def test_a_corrupt_generator_state_is_refused(corrupt):
     assert _unchanged(opt, before)
 
 
-def test_a_checkpoint_of_the_same_configuration_loads():
+@pytest.mark.parametrize("options", [{}, dict(nonfinite="skip"), dict(memory="lean")])
+def test_a_checkpoint_of_the_same_measure_and_estimator_loads_whatever_the_execution_choices(options):
     saved = _frobenius_checkpoint()
-    opt = _trained(FrobSAM)
+    opt = _trained(FrobSAM, **options) if options.get("memory") != "lean" else _lean(FrobSAM, **options)
     opt.load_state_dict(saved)
     assert torch.equal(opt.generator.get_state(), saved["phi_psi_sam"]["generator_state"])
+
+
+def _lean(cls, **options):
+    model, x, y = tiny_mlp()
+    opt = cls(model.parameters(), lr=0.1, momentum=0.9, seed=0, **options)
+
+    def closure():
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        if torch.is_grad_enabled():
+            loss.backward()
+        return loss
+
+    opt.step(closure)
+    return opt
 
 
 @pytest.mark.parametrize("memory", ["sums", "lean"])
