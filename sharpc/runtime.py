@@ -822,7 +822,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
         times (1 + 2 * groups * n with difference="antithetic"; memory="lean" adds one
         loss-only call per perturbed point) and gradients are cleared before every call: it
         must not clear them itself. Afterwards ``.grad`` holds the combined gradient the base
-        optimizer used and ``self.sharpness`` the step's estimate of the target (at radius rho).
+        optimizer used (views of one buffer the next step reuses: clone what you keep) and
+        ``self.sharpness`` the step's estimate of the target (at radius rho).
 
         Not thread-safe: common random numbers replay the process-wide RNG, so a step that
         finds another thread's step running raises OptimizerError instead of starting.
