@@ -1201,9 +1201,14 @@ class PhiPsiSAM(torch.optim.Optimizer):
             draw_(group.kind, e, self.generator, group.half_width)
         self._scale_adaptive(s, group.adaptive)
         rho = self._per_element(s, "rho")
-        torch._foreach_mul_(e, rho)
-        dot = sum(torch.dot(a, b) for a, b in zip(e, kept.g0_prefix)) if linear else None
-        torch._foreach_add_(e, kept.x)
+        dot = None
+        if linear or isinstance(rho, list):
+            torch._foreach_mul_(e, rho)
+            dot = sum(torch.dot(a, b) for a, b in zip(e, kept.g0_prefix)) if linear else None
+            torch._foreach_add_(e, kept.x)
+        else:  # x + rho v in one kernel per buffer
+            for v, x in zip(e, kept.x):
+                torch.add(x, v, alpha=rho, out=v)
         torch._foreach_copy_(s.perturbed, kept.e_views)
         return dot
 
