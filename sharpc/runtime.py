@@ -466,7 +466,6 @@ class _Step:
 
     perturbed: list
     trainable: list
-    groups: list                        # each perturbed parameter's param group
     stats: list                         # running statistics (BatchNorm)
     stats_before: list                  # views of kept copies: before the step, after the clean pass
     stats_clean: list
@@ -872,7 +871,6 @@ class PhiPsiSAM(torch.optim.Optimizer):
 
     def _start(self, cfg: _Settings) -> _Step:
         """The step's working set, with x and the running statistics copied into kept buffers."""
-        groups = [g for g in self.param_groups if g["perturb"] for p in g["params"] if p.requires_grad]
         perturbed, trainable = self._perturbed(), self._trainable()
         stats = _running_stats(self.model)
         if self._stats_kept is None or self._stats_kept[0] != _signature(stats):
@@ -881,9 +879,11 @@ class PhiPsiSAM(torch.optim.Optimizer):
         _, before, clean = self._stats_kept
         kept = self._kept
         if kept is None or kept.key[0] != _signature(perturbed):  # x is needed before the clean pass
-            kept = self._kept = _Kept(perturbed, perturbed, self._slots(cfg), cfg.difference == "antithetic",
+            ids = {id(p) for p in perturbed}  # graded as when the closure reaches every parameter
+            graded = perturbed + [p for p in trainable if id(p) not in ids]
+            kept = self._kept = _Kept(perturbed, graded, self._slots(cfg), cfg.difference == "antithetic",
                                       self.memory == "lean")
-        s = _Step(perturbed, trainable, groups, stats, before, clean,
+        s = _Step(perturbed, trainable, stats, before, clean,
                   _CommonRandomNumbers({p.device for p in trainable}), self._dimension(perturbed), cfg, kept.x_views)
         torch._foreach_copy_(s.backup, perturbed)
         if stats:
