@@ -33,7 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compile_latency  # noqa: E402
 import distributed_step  # noqa: E402
 import memory_modes  # noqa: E402
-from step_overhead import Run, cnn, measure, mlp  # noqa: E402
+import op_counts  # noqa: E402
+from step_overhead import CLOCK, Run, cnn, measure, mlp  # noqa: E402
 
 from sharpc.optim import SAM, FrobSAM, TraceSAM  # noqa: E402
 
@@ -47,15 +48,24 @@ class Algorithm3:
 
         g = g0 + s * 4 / ((n - 1) rho**2) * (sum_i L_i g_i - (sum_i L_i / n) sum_i g_i),
 
-    v_i ~ N(0, I) drawn per tensor from its own generator (in sharpc's order, so both see
-    the same samples); no sharpc code. Buffers: x, g0, sum L_i g_i, sum g_i.
+    v_i ~ N(0, I) from its own generator; no sharpc code. Buffers: x, g0, sum L_i g_i, sum g_i.
+    Every update loops over the parameters in Python, as the authors' FROSAM code does.
+    ``draw="per-tensor"`` draws each tensor's piece of v_i by itself (the authors' structure);
+    "flat" draws the whole vector at once and splits it, as sharpc does, so both see the same samples.
     """
 
-    def __init__(self, params, rho: float = 0.01, n: int = 2, strength: float = 0.001, seed: int = 0, **sgd):
+    def __init__(self, params, rho: float = 0.01, n: int = 2, strength: float = 0.001, seed: int = 0,
+                 draw: str = "flat", **sgd):
         self.params = list(params)
         self.sgd = torch.optim.SGD(self.params, **sgd)
-        self.rho, self.n, self.strength = rho, n, strength
+        self.rho, self.n, self.strength, self.draw = rho, n, strength, draw
         self.generator = torch.Generator().manual_seed(seed)
+
+    def _sample(self) -> list:
+        if self.draw == "per-tensor":
+            return [torch.randn(p.shape, generator=self.generator) for p in self.params]
+        flat = torch.randn(sum(p.numel() for p in self.params), generator=self.generator)
+        return [v.view(p.shape) for v, p in zip(flat.split([p.numel() for p in self.params]), self.params)]
 
     @torch.no_grad()
     def step(self, closure):
@@ -69,8 +79,8 @@ class Algorithm3:
         sum_g = [torch.zeros_like(p) for p in self.params]
         sum_l = torch.zeros(())
         for _ in range(self.n):
-            for p, xp in zip(self.params, x):
-                p.normal_(generator=self.generator).mul_(self.rho).add_(xp)
+            for p, xp, v in zip(self.params, x, self._sample()):
+                p.copy_(v).mul_(self.rho).add_(xp)
                 p.grad.zero_()
             with torch.enable_grad():
                 loss = closure().detach()
@@ -160,6 +170,62 @@ def against_algorithm3(repeats: int, inner: int) -> list[tuple]:
     return [("FrobSAM / Algorithm 3 transcription", "MLP, n=2, rho 0.01, strength 0.001",
              f"{ours.median_ms / paper.median_ms:.2f} ({ours.median_ms:.2f} / {paper.median_ms:.2f} ms; "
              f"max param diff {gap:.0e})")]
+
+
+def issue10(repeats: int, inner: int) -> list[tuple]:
+    """The runtime's targets side by side in one run (MLP 64-128-128-10, batch 128, SGD momentum 0.9).
+
+    FrobSAM n=4 with one-sided differences (5 passes) against 5 x (forward/backward + SGD
+    step) and against the authors'-structure FROSAM transcription (per-parameter Python
+    loops, per-tensor draws); the SAM preset against pytorch_optimizer's SAM; and the aten
+    ops a step dispatches outside the closure for 4 and for 40 parameter tensors.
+    """
+    torch.manual_seed(0)
+    model, x = mlp()
+    y = torch.randint(0, 10, (x.shape[0],))
+    n, rho, strength = 4, 0.01, 0.001
+    runs = [Run("SGD", 0, model, x, y, lambda p: torch.optim.SGD(p, **SGD), style="plain"),
+            Run("FrobSAM", n, model, x, y,
+                lambda p: FrobSAM(p, n_samples=n, seed=0, rho=rho, strength=strength * rho**2, relative=False,
+                                  difference="one-sided", **SGD)),
+            Run("FROSAM structure", n, model, x, y,
+                lambda p: Algorithm3(p, n=n, seed=0, rho=rho, strength=strength, draw="per-tensor", **SGD))]
+    try:
+        from pytorch_optimizer import SAM as ReferenceSAM
+        runs += [Run("SAM", 1, model, x, y, lambda p: SAM(p, rho=0.05, **SGD)),
+                 Run("pytorch_optimizer.SAM", 1, model, x, y,
+                     lambda p: ReferenceSAM(p, torch.optim.SGD, rho=0.05, **SGD), style="two-step")]
+    except ImportError:
+        pass
+    measure(runs, repeats, inner)
+    ms = {run.label: run.median_ms for run in runs}
+    rows = [("issue 10: FrobSAM n=4 one-sided / 5 x (fwd/bwd + SGD step)", "MLP, target <= 1.10",
+             f"{ms['FrobSAM'] / ((n + 1) * ms['SGD']):.2f} ({ms['FrobSAM']:.2f} / {(n + 1) * ms['SGD']:.2f} ms)"),
+            ("issue 10: FrobSAM n=4 one-sided / FROSAM-structure transcription", "MLP, target <= 0.85",
+             f"{ms['FrobSAM'] / ms['FROSAM structure']:.2f} ({ms['FrobSAM']:.2f} / {ms['FROSAM structure']:.2f} ms)")]
+    if "SAM" in ms:
+        rows.append(("issue 10: SAM preset / pytorch_optimizer.SAM", "MLP, rho 0.05, target <= 1.0",
+                     f"{ms['SAM'] / ms['pytorch_optimizer.SAM']:.2f} "
+                     f"({ms['SAM']:.2f} / {ms['pytorch_optimizer.SAM']:.2f} ms)"))
+    else:
+        rows.append(("issue 10: SAM preset / pytorch_optimizer.SAM", "-", "pytorch-optimizer not installed"))
+    return rows + against_frosam_deep(repeats, inner) + op_counts.rows()
+
+
+def against_frosam_deep(repeats: int, inner: int, tensors: int = 40) -> list[tuple]:
+    """FrobSAM n=4 against the FROSAM-structure transcription where per-tensor loops cost most."""
+    torch.manual_seed(0)
+    model = op_counts.model_with(tensors)
+    x, y = torch.randn(128, 32), torch.randint(0, 32, (128,))
+    n, rho, strength = 4, 0.01, 0.001
+    ours = Run("FrobSAM", n, model, x, y, lambda p: FrobSAM(p, n_samples=n, seed=0, rho=rho, strength=strength * rho**2,
+                                                            relative=False, difference="one-sided", **SGD))
+    paper = Run("FROSAM structure", n, model, x, y,
+                lambda p: Algorithm3(p, n=n, seed=0, rho=rho, strength=strength, draw="per-tensor", **SGD))
+    measure([ours, paper], repeats, inner)
+    return [("issue 10: FrobSAM n=4 one-sided / FROSAM-structure transcription",
+             f"MLP of {tensors} parameter tensors (20 x Linear 32-32), batch 128",
+             f"{ours.median_ms / paper.median_ms:.2f} ({ours.median_ms:.2f} / {paper.median_ms:.2f} ms)")]
 
 
 def vmap_against_loop(repeats: int, n: int = 4, rho: float = 0.01) -> list[tuple]:
@@ -295,10 +361,16 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and configurations (about a minute)")
+    parser.add_argument("--only-issue10", action="store_true", help="the runtime's side-by-side targets alone")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time steps by the process's CPU time, not wall time (for a loaded machine)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.cpu_time:
+        CLOCK["clock"] = time.process_time
     repeats, inner = (5, 3) if args.quick else (15, 5)
     sections = [
+        lambda: issue10(repeats, inner),
         lambda: step_ratios(repeats, inner, args.quick),
         lambda: against_pytorch_optimizer(repeats, inner),
         lambda: against_algorithm3(repeats, inner),
@@ -308,7 +380,10 @@ def main() -> None:
         lambda: memory(args.quick),
         lambda: bf16_delta_error(10 if args.quick else 30),
     ]
-    print(f"{machine()}\ncommand: python benchmarks/run_all.py{' --quick' if args.quick else ''}\n")
+    if args.only_issue10:
+        sections = sections[:1]
+    flags = "".join(f" --{k.replace('_', '-')}" for k, v in vars(args).items() if v)
+    print(f"{machine()}\ncommand: python benchmarks/run_all.py{flags}\n")
     print("| benchmark | configuration | result |\n|---|---|---|")
     for section in sections:
         for row in section():

@@ -13,11 +13,15 @@ for samples v_i of mu,
     grad = g0 + strength * scale / rho**2 * sum_l d_l phi * mean_i psi_l'(Delta_i) (g_i - g0),
 
 g0 = grad L(x) and g_i = grad L(x + rho v_i) (``difference`` also offers antithetic pairs
-x +- rho v_i and a control variate; ``relative`` divides strength by a running |target|). The unbiased estimator replaces phi(means)
-by a U-statistic U(P_1, ..., P_K) of the power sums P_k = sum_i Delta_i**k, whose gradient
+x +- rho v_i and a control variate; ``relative`` divides strength by a running |target|).
+The unbiased estimator replaces phi(means) by a U-statistic U(P_1, ..., P_K) of the power sums P_k = sum_i Delta_i**k, whose gradient
 is sum_k dU/dP_k * k * sum_i Delta_i**(k-1) (g_i - g0). Either way only running sums are
 kept: a backup of the perturbed parameters, g0, and one accumulator per psi component
-(plug-in) or per power sum (U-statistic), never n gradients.
+(plug-in) or per power sum (U-statistic), never n gradients. Each is one flat buffer per
+(device, dtype), allocated once and kept while the parameter set is unchanged (``_Kept``),
+so a step's bookkeeping costs a number of kernels independent of the number of tensors.
+phi', psi' and dU/dP come from the compiler (SymPy, ``derivatives = "symbolic"``); where it
+could not print them the step differentiates by autograd (``derivatives = "autograd"``).
 
 Every perturbed pass replays the clean pass's global RNG state (common random numbers:
 identical dropout masks), while perturbations come from the optimizer's own generator.
@@ -35,6 +39,9 @@ per point straight into .grad, with the perturbations regenerated from a saved g
 """
 
 import contextlib
+import functools
+import hashlib
+import threading
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -47,6 +54,12 @@ __all__ = ["OptimizerError", "GroupSpec", "PhiPsiSAM", "draw_", "sample_rows", "
 
 class OptimizerError(ValueError):
     """Misuse of the optimizer, or a step that could not be completed safely."""
+
+
+#: Held by a step from start to end. Common random numbers replay the process-wide global RNG,
+#: so two steps running in two threads would hand each other's dropout masks to their passes:
+#: a step that finds another thread's step inside refuses to start.
+_STEP_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -120,6 +133,8 @@ def _point_(tensors: list, support: tuple) -> None:
 
 
 def _global_norm(tensors: list) -> torch.Tensor:
+    if len(tensors) == 1:  # one flat buffer: one kernel
+        return torch.linalg.vector_norm(tensors[0])
     norms = torch._foreach_norm(tensors)
     return torch.linalg.vector_norm(torch.stack([x.to(norms[0].dtype) for x in norms]))
 
@@ -215,19 +230,6 @@ def _value_and_grad(f: Callable, x: torch.Tensor, *args) -> tuple:
     return y.detach(), grad
 
 
-def _grads(params: list) -> list:
-    """The .grad of each parameter; one the closure did not reach counts as zero."""
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    return [p.grad for p in params]
-
-
-def _scaled_by(weight: list, factor: float) -> Callable:
-    """A gradient hook multiplying by ``weight[0] * factor`` (weight[0] changes from pass to pass)."""
-    return lambda g: g * (weight[0] * factor)
-
-
 def _materialized(group: Any) -> Any:
     """A param-group dict whose params are a list (a generator can be read only once)."""
     if not isinstance(group, dict):
@@ -236,32 +238,93 @@ def _materialized(group: Any) -> Any:
     return {**group, "params": [params] if isinstance(params, torch.Tensor) else list(params)}
 
 
-def _by_strength(s: "_Step") -> list[tuple[float, list[int]]]:
-    """Indices into ``s.active`` grouped by their param group's strength (one foreach call each)."""
-    index: dict[float, list[int]] = {}
-    for i, p in enumerate(s.active):
-        index.setdefault(s.strengths[id(p)], []).append(i)
-    return list(index.items())
+class _Layout:
+    """Tensors packed into one contiguous buffer per (device, dtype), in their order within each.
 
-
-def _flat(tensors: list, copy: bool = True) -> tuple[list, list]:
-    """One contiguous buffer per (device, dtype), and views of it shaped like ``tensors``.
-
-    The buffers hold copies of the tensors (or zeros). One buffer is what lets a step
-    all-reduce its whole gradient in one call; the views keep every foreach kernel as it was.
+    Every parameter-sized buffer of a step has this form, so each update is one kernel per
+    buffer whatever the number of parameter tensors; views shaped like the tensors connect
+    the buffers to the parameters and their .grad.
     """
-    members: dict = {}
-    for i, t in enumerate(tensors):
-        members.setdefault((t.device, t.dtype), []).append(i)
-    buffers, views = [], [None] * len(tensors)
-    for (device, dtype), index in members.items():
-        sizes = [tensors[i].numel() for i in index]
-        buffer = (torch.cat([tensors[i].reshape(-1) for i in index]) if copy
-                  else torch.zeros(sum(sizes), device=device, dtype=dtype))
-        for i, piece in zip(index, buffer.split(sizes)):
-            views[i] = piece.view(tensors[i].shape)
-        buffers.append(buffer)
-    return buffers, views
+
+    def __init__(self, tensors: list):
+        self.shapes = [t.shape for t in tensors]
+        self.members: dict = {}
+        for i, t in enumerate(tensors):
+            self.members.setdefault((t.device, t.dtype), []).append(i)
+        self.sizes = {key: [self.shapes[i].numel() for i in index] for key, index in self.members.items()}
+
+    def zeros(self) -> list:
+        return [torch.zeros(sum(self.sizes[key]), device=key[0], dtype=key[1]) for key in self.members]
+
+    def views(self, buffers: list) -> list:
+        """Views of ``buffers`` (one per key; longer ones are read from the start) shaped like the tensors."""
+        out: list = [None] * len(self.shapes)
+        for buffer, (key, index) in zip(buffers, self.members.items()):
+            for i, piece in zip(index, buffer[:sum(self.sizes[key])].split(self.sizes[key])):
+                out[i] = piece.view(self.shapes[i])
+        return out
+
+    def prefixes(self, buffers: list, layout: "_Layout") -> list:
+        """The first elements of ``buffers`` (laid out by ``layout``) that this layout's buffers span."""
+        by_key = dict(zip(layout.members, buffers))
+        return [by_key[key][:sum(self.sizes[key])] for key in self.members]
+
+    def filled(self, values: list) -> list:
+        """Buffers holding each tensor's value of ``values`` at its elements."""
+        return [torch.tensor([float(values[i]) for i in index], dtype=key[1], device=key[0])
+                .repeat_interleave(torch.tensor(self.sizes[key], device=key[0])) for key, index in self.members.items()]
+
+
+def _signature(tensors: list) -> tuple:
+    return tuple((id(t), t.shape, t.dtype, t.device) for t in tensors)
+
+
+class _Kept:
+    """A step's parameter-sized buffers, allocated for one parameter set and reused by every step.
+
+    ``x`` (the backup) covers the perturbed parameters. ``grad`` (the .grad tensors become
+    views of it), ``g0``, the accumulators and the antithetic stash cover the parameters
+    with a gradient, ordered perturbed-first within each buffer so that their perturbed part
+    is a prefix: memory="sums" draws each perturbation into the prefix of ``grad`` (free
+    until the pass refills it), and SAM's direction reads the prefix of ``g0``. memory="lean"
+    keeps g0 in ``grad`` itself and draws into a buffer ``e`` of its own.
+    """
+
+    def __init__(self, perturbed: list, graded: list, slots: int, stash: bool, lean: bool):
+        self.key = (_signature(perturbed), _signature(graded), slots, stash, lean)
+        self.graded = graded
+        self.outer, self.inner = _Layout(perturbed), _Layout(graded)
+        self.x = self.outer.zeros()
+        self.x_views = self.outer.views(self.x)
+        self.grad = self.inner.zeros()
+        self.grad_views = self.inner.views(self.grad)
+        self.g0 = self.grad if lean else self.inner.zeros()
+        self.g0_views = self.inner.views(self.g0)
+        self.acc = [] if lean else [self.inner.zeros() for _ in range(slots)]
+        self.stash = self.inner.zeros() if stash and not lean else []
+        self.e = self.outer.zeros() if lean else self.outer.prefixes(self.grad, self.inner)
+        self.e_views = self.outer.views(self.e)
+        self.g0_prefix = self.outer.prefixes(self.g0, self.inner)
+        self._filled: dict = {}
+
+    def per_element(self, name: str, values: list, outer: bool = True) -> float | list:
+        """One number when every tensor has the same value, else buffers of per-element values.
+
+        The buffers of each hyperparameter ``name`` are kept until its values change (a
+        schedule that anneals one group's rho rebuilds them; nothing accumulates).
+        """
+        if len(set(values)) == 1:
+            return float(values[0])
+        values = tuple(values)
+        if self._filled.get(name, (None,))[0] != values:
+            self._filled[name] = (values, (self.outer if outer else self.inner).filled(values))
+        return self._filled[name][1]
+
+    def kept(self) -> int:
+        """Elements held for the step beyond the .grad buffer itself."""
+        lean = self.g0 is self.grad
+        held = [*self.x, *(self.e if lean else self.g0), *self.stash, *(t for a in self.acc for t in a)]
+        return sum(t.numel() for t in held)
 
 
 class _Ranks:
@@ -307,6 +370,26 @@ class _Ranks:
 
     def _source(self) -> int:
         return 0 if self.group is None else torch.distributed.get_global_rank(self.group, 0)
+
+    def agree(self, configuration: str, error: type) -> None:
+        """Check that every rank was built with the same configuration: one all-gather of a hash.
+
+        A mismatch raises ``error`` on every rank (each sees all hashes), before any rank
+        starts a collective the others would not match.
+        """
+        if self.mode is None:
+            return
+        digest = int.from_bytes(hashlib.sha256(configuration.encode()).digest()[:8], "little", signed=True)
+        nccl = torch.distributed.get_backend(self.group) == "nccl"
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        mine = torch.tensor([digest], dtype=torch.int64, device=device)
+        everyone = [torch.empty_like(mine) for _ in range(self.world)]
+        torch.distributed.all_gather(everyone, mine, group=self.group)
+        differ = [r for r, h in enumerate(everyone) if not torch.equal(h, everyone[0])]
+        if differ:
+            raise error(f"the ranks were built with different optimizer configurations (ranks {differ} differ "
+                        f"from rank 0; this rank's: {configuration}): every rank must construct the same "
+                        "optimizer class with the same options")
 
     def share_(self, generator: torch.Generator, params: list) -> None:
         """Start every rank from rank 0's generator state and (unless DDP did) parameters."""
@@ -389,26 +472,23 @@ class _Step:
 
     perturbed: list
     trainable: list
-    backup: list                        # x, for the perturbed parameters
-    stats: list                         # running statistics (BatchNorm) and their values before the step
-    stats_before: list
+    stats: list                         # running statistics (BatchNorm)
+    stats_before: list                  # views of kept copies: before the step, after the clean pass
+    stats_clean: list
     rng: _CommonRandomNumbers
     d: int
     cfg: _Settings
-    rhos: list                          # each perturbed parameter's group rho
-    adapt: list                         # each perturbed parameter's (adaptive, eta) from its group
-    strengths: dict                     # id(parameter) -> its group's strength
+    backup: list                        # views of x (kept), for the perturbed parameters
     where: str = "unperturbed point"
     losses: list = field(default_factory=list)       # every pass's loss (the global mean in sync mode)
-    active: list = field(default_factory=list)       # parameters with a gradient
-    stats_clean: list = field(default_factory=list)
-    flat: list = field(default_factory=list)         # the buffers a distributed step all-reduces
-    g0: list = field(default_factory=list)           # memory="sums": g0, then the combined gradient
-    acc: list = field(default_factory=list)          # memory="sums": one running sum per slot
+    reached: list = field(default_factory=list)      # parameters the clean pass gave a gradient
+    kept: Any = None                                 # _Kept: the flat buffers of this parameter set
     weights: list = field(default_factory=list)      # memory="lean": W[group][i], the weight of g_i
     linear: list = field(default_factory=list)       # difference="control": g0 . e of each perturbed point
     generator_before: Any = None                     # the perturbation generator's state: a failed step leaves it
     start: Any = None                                # memory="lean": the generator state before the draws
+    witness: Any = None                              # hook handle counting backward passes (see _watch)
+    backwards: int = 0                               # backward passes that reached the witness parameter
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -426,6 +506,12 @@ class PhiPsiSAM(torch.optim.Optimizer):
     psi: Callable | None = None         # psi(t, d): tensor -> (m, *t.shape) tensor
     m: int = 0                          # number of psi components
     ustat: Callable | None = None       # ustat(P, n, d): power sums -> unbiased estimate of phi(E psi)
+    # "symbolic": the compiler differentiated phi, psi and ustat into the three functions below;
+    # "autograd": it could not print some derivative, so the step differentiates them by autograd.
+    derivatives: str = "autograd"
+    phi_grad: Callable | None = None    # phi_grad(ts, d): (m,) gradient of phi
+    psi_slopes: Callable | None = None  # psi_slopes(t, d): (m, *t.shape) derivatives of psi in t
+    ustat_grad: Callable | None = None  # ustat_grad(P, n, d): dU/dP for every power sum
     ustat_unavailable: str = "no unbiased estimator was generated"
     power_sums: tuple = ()              # ((group, k), ...): the order of ustat's argument P
     ustat_order: int = 1                # distinct samples per group the U-statistic needs
@@ -531,6 +617,9 @@ class PhiPsiSAM(torch.optim.Optimizer):
         self.skipped_steps = 0
         self._magnitude = _RunningMean()
         self._last_buffers: float | None = None
+        self._kept: _Kept | None = None           # flat buffers, kept while the parameter set is unchanged
+        self._stats_kept: tuple | None = None     # kept copies of the running statistics
+        self._constants: dict = {}                 # the target's scale and offset at the last (d, rho)
         device = self.param_groups[0]["params"][0].device
         if generator is None:
             if seed is None:  # derived from the global RNG, so torch.manual_seed reproduces runs
@@ -541,8 +630,10 @@ class PhiPsiSAM(torch.optim.Optimizer):
         self.generator = generator
         self._dimension(self._perturbed())
         self._ranks = _Ranks(distributed, process_group, model)
+        self._ranks.agree(self._configuration(execution=True), self.Error)
         self._ranks.share_(self.generator, [p for g in self.param_groups for p in g["params"]])
-        _load_forward_ad()
+        if self.derivatives != "symbolic":  # the autograd path differentiates psi by forward mode
+            _load_forward_ad()
 
     def _step_defaults(self, estimator: str, n_samples: int | None) -> dict:
         """Resolve estimator="auto" and n_samples=None, so the param groups show what a step does."""
@@ -654,7 +745,10 @@ class PhiPsiSAM(torch.optim.Optimizer):
     @property
     def slots(self) -> int:
         """Accumulators: one per psi component (plugin) or per power sum (unbiased)."""
-        return len(self.power_sums) if self._settings().estimator == "unbiased" else self.m
+        return self._slots(self._settings())
+
+    def _slots(self, cfg: _Settings) -> int:
+        return len(self.power_sums) if cfg.estimator == "unbiased" else self.m
 
     @property
     def distributed(self) -> str | None:
@@ -662,36 +756,79 @@ class PhiPsiSAM(torch.optim.Optimizer):
         return self._ranks.mode
 
     def buffer_report(self) -> dict:
-        """Parameter-sized buffers a step holds: the bound, and the last step's allocation.
+        """Parameter-sized buffers a step holds besides .grad: the bound, and what the last step held.
 
-        ``allocated`` counts the elements of every buffer the last step allocated, in units of
+        ``allocated`` counts the elements of the kept buffers the last step used, in units of
         the trainable parameters' element count (the backup covers perturbed parameters only).
-        memory="lean" holds the backup alone.
+        memory="sums" holds the backup, g0, the accumulators and the antithetic stash (the
+        perturbation is drawn into the .grad buffer); memory="lean" the backup and the perturbation.
         """
-        bound = 1 if self.memory == "lean" else 2 + self.slots + int(self._settings().difference == "antithetic")
+        bound = 2 if self.memory == "lean" else 2 + self.slots + int(self._settings().difference == "antithetic")
         return {"bound": bound, "allocated": self._last_buffers}
+
+    def _configuration(self, execution: bool = False) -> str:
+        """What a checkpoint must share with this optimizer: the measure and the step's estimator.
+
+        With ``execution``, also how the step runs (memory, nonfinite, distributed mode): what
+        the ranks of one job must agree on. A checkpoint may be resumed with other choices.
+        """
+        cfg = self._settings()
+        shared = dict(target=self.target, m=self.m, sample_groups=self.sample_groups, power_sums=self.power_sums,
+                      fixed_d=self.fixed_d, n_samples=cfg.n_samples, estimator=cfg.estimator,
+                      difference=cfg.difference, relative=cfg.relative, base=type(self.base_optimizer).__name__)
+        if execution:
+            shared.update(memory=self.memory, nonfinite=self.nonfinite, distributed=self._ranks.mode)
+        return repr(shared)
 
     def state_dict(self) -> dict:
         state = self.base_optimizer.state_dict()
-        state["phi_psi_sam"] = {"generator_state": self.generator.get_state(),
+        state["phi_psi_sam"] = {"generator_state": self.generator.get_state(), "configuration": self._configuration(),
                                 "skipped_steps": self.skipped_steps, "magnitude": self._magnitude.state()}
         if self._ranks.mode == "per-rank":
             state["phi_psi_sam"]["rank"] = self._ranks.rank
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Load a checkpoint; in per-rank mode another rank's stream is split off for this rank."""
-        ours = state_dict.get("phi_psi_sam")
-        self.base_optimizer.load_state_dict({k: v for k, v in state_dict.items() if k != "phi_psi_sam"})
+        """Load a checkpoint of an optimizer with this measure and configuration.
+
+        Anything else (another measure or configuration, a plain torch optimizer's state, a
+        corrupt generator state) raises OptimizerError and leaves this optimizer unchanged.
+        In per-rank mode another rank's stream is split off for this rank.
+        """
+        ours = self._checked_state(state_dict)
+        try:
+            self.base_optimizer.load_state_dict({k: v for k, v in state_dict.items() if k != "phi_psi_sam"})
+        except (ValueError, KeyError, TypeError) as error:
+            raise self.Error(f"the checkpoint does not fit this optimizer's parameters: {error}") from error
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
-        if ours is not None:
-            self.generator.set_state(ours["generator_state"])
-            self.skipped_steps = ours["skipped_steps"]
-            if "magnitude" in ours:
-                self._magnitude.load(ours["magnitude"])
-            if self._ranks.mode == "per-rank" and ours.get("rank") != self._ranks.rank:
-                self._ranks.split_(self.generator)
+        self.generator.set_state(ours["generator_state"])
+        self.skipped_steps = ours["skipped_steps"]
+        self._magnitude.load(ours["magnitude"])
+        if self._ranks.mode == "per-rank" and ours.get("rank") != self._ranks.rank:
+            self._ranks.split_(self.generator)
+
+    def _checked_state(self, state_dict: Any) -> dict:
+        """Our part of a checkpoint, after checking that it was saved by an optimizer like this one."""
+        ours = state_dict.get("phi_psi_sam") if isinstance(state_dict, dict) else None
+        if not isinstance(ours, dict):
+            raise self.Error(f"not a {type(self).__name__} checkpoint: it has no 'phi_psi_sam' entry (a plain "
+                             "torch optimizer's state_dict?)")
+        saved, mine = ours.get("configuration"), self._configuration()
+        if saved != mine:
+            raise self.Error(f"the checkpoint was saved by another measure or configuration:\n  saved: {saved}\n"
+                             f"  this:  {mine}")
+        missing = [k for k in ("generator_state", "skipped_steps", "magnitude") if k not in ours]
+        if missing:
+            raise self.Error(f"the checkpoint's 'phi_psi_sam' entry lacks {missing}")
+        try:  # a scratch generator, so a corrupt state changes nothing here
+            torch.Generator(device=self.generator.device).set_state(ours["generator_state"])
+        except (RuntimeError, TypeError) as error:
+            raise self.Error(f"the checkpoint's generator state is corrupt: {error}") from error
+        groups = state_dict.get("param_groups")
+        if not isinstance(groups, list) or any(not isinstance(g, dict) or set(self.defaults) - set(g) for g in groups):
+            raise self.Error("the checkpoint's param groups lack this optimizer's hyperparameters")
+        return ours
 
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
@@ -703,23 +840,26 @@ class PhiPsiSAM(torch.optim.Optimizer):
         times (1 + 2 * groups * n with difference="antithetic"; memory="lean" adds one
         loss-only call per perturbed point) and gradients are cleared before every call: it
         must not clear them itself. Afterwards ``.grad`` holds the combined gradient the base
-        optimizer used and ``self.sharpness`` the step's estimate of the target (at radius rho).
+        optimizer used (views of one buffer the next step reuses: clone what you keep) and
+        ``self.sharpness`` the step's estimate of the target (at radius rho).
+
+        Not thread-safe: common random numbers replay the process-wide RNG, so a step that
+        finds another thread's step running raises OptimizerError instead of starting.
         """
         if closure is None:
             raise self.Error(f"{type(self).__name__}.step needs a closure that computes the loss "
                              "and calls loss.backward()")
-        cfg = self._settings()
-        groups = [g for g in self.param_groups for p in g["params"] if p.requires_grad and g["perturb"]]
-        perturbed, trainable = self._perturbed(), self._trainable()
-        stats = _running_stats(self.model)
-        s = _Step(perturbed, trainable, [p.clone() for p in perturbed], stats, [b.clone() for b in stats],
-                  _CommonRandomNumbers({p.device for p in trainable}), self._dimension(perturbed), cfg,
-                  rhos=[float(g["rho"]) for g in groups],
-                  adapt=[(bool(g["adaptive"]), float(g["eta"])) for g in groups],
-                  strengths={id(p): float(g["strength"]) for g in self.param_groups for p in g["params"]})
-        s.generator_before = self.generator.get_state()
-        for p in trainable:
-            p.grad = None
+        if not _STEP_LOCK.acquire(blocking=False):
+            raise self.Error("another thread is inside a sharpc optimizer step: common random numbers replay "
+                             "the global RNG, so concurrent steps would draw each other's dropout masks; step "
+                             "sharpc optimizers from one thread at a time")
+        try:
+            return self._step(closure)
+        finally:
+            _STEP_LOCK.release()
+
+    def _step(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
+        s = self._start(self._settings())
         lean = self.memory == "lean"
         try:
             loss0 = self._clean_pass(closure, s)
@@ -739,45 +879,99 @@ class PhiPsiSAM(torch.optim.Optimizer):
                 raise
             raise self.Error(f"the step failed at the {s.where} ({type(error).__name__}: {error}); "
                              "parameters restored to their pre-step values") from error
+        finally:
+            if s.witness is not None:
+                s.witness.remove()
         if self.grad_scaler is None:
             self.base_optimizer.step()
         else:  # the gradient is the scaler's scale times the true one: it unscales, checks and steps
             self.grad_scaler.step(self.base_optimizer)
         return loss0
 
+    def _start(self, cfg: _Settings) -> _Step:
+        """The step's working set, with x and the running statistics copied into kept buffers."""
+        perturbed, trainable = self._perturbed(), self._trainable()
+        stats = _running_stats(self.model)
+        if self._stats_kept is None or self._stats_kept[0] != _signature(stats):
+            layout = _Layout(stats)
+            self._stats_kept = (_signature(stats), layout.views(layout.zeros()), layout.views(layout.zeros()))
+        _, before, clean = self._stats_kept
+        kept = self._kept
+        if kept is None or kept.key[0] != _signature(perturbed):  # x is needed before the clean pass
+            ids = {id(p) for p in perturbed}  # graded as when the closure reaches every parameter
+            graded = perturbed + [p for p in trainable if id(p) not in ids]
+            kept = self._kept = _Kept(perturbed, graded, self._slots(cfg), cfg.difference == "antithetic",
+                                      self.memory == "lean")
+        s = _Step(perturbed, trainable, stats, before, clean,
+                  _CommonRandomNumbers({p.device for p in trainable}), self._dimension(perturbed), cfg, kept.x_views)
+        torch._foreach_copy_(s.backup, perturbed)
+        if stats:
+            torch._foreach_copy_(before, stats)
+        s.generator_before = self.generator.get_state()
+        for p in trainable:
+            p.grad = None
+        return s
+
     def _clean_pass(self, closure: Callable, s: _Step) -> torch.Tensor:
-        """L(x) (this rank's) and g0 in .grad; its RNG state is replayed for every later pass."""
-        if self._ranks.mode and self.memory == "lean":  # autograd accumulates in place into one buffer
-            # (every parameter then has a .grad, so the no-backward check below cannot fire)
-            s.flat, views = _flat(s.trainable, copy=False)
-            for p, v in zip(s.trainable, views):
-                p.grad = v
+        """L(x) (this rank's) and g0 in the kept buffers; its RNG state is replayed for every later pass.
+
+        Afterwards the .grad of every parameter with a gradient is a view of the kept ``grad`` buffer.
+        """
         loss0 = self._evaluate(closure)
-        s.active = [p for p in s.trainable if p.grad is not None]
-        if not s.active:
+        s.reached = [p for p in s.trainable if p.grad is not None]
+        if not s.reached:
             raise self.Error("the closure did not call loss.backward(): no parameter has a gradient")
-        if self._ranks.mode:  # every rank all-reduces the same layout: unreached parameters count as zero
-            _grads(s.trainable)
-            s.active = s.trainable
+        # every rank all-reduces the same layout: there, unreached parameters count as zero
+        reached = s.trainable if self._ranks.mode else s.reached
+        perturbed = {id(p) for p in s.perturbed}
+        graded = s.perturbed + [p for p in reached if id(p) not in perturbed]
+        lean = self.memory == "lean"
+        key = (_signature(s.perturbed), _signature(graded), self._slots(s.cfg), s.cfg.difference == "antithetic", lean)
+        if self._kept.key != key:
+            backup = self._kept.x
+            self._kept = _Kept(s.perturbed, graded, *key[2:])
+            torch._foreach_copy_(self._kept.x, backup)
+        s.kept = kept = self._kept
+        s.backup = kept.x_views
+        if len(s.reached) != len(graded):
+            torch._foreach_zero_(kept.g0)
+        has_grad = [(v, p.grad) for v, p in zip(kept.g0_views, graded) if p.grad is not None]
+        torch._foreach_copy_([v for v, _ in has_grad], [g for _, g in has_grad])
+        for p, view in zip(graded, kept.grad_views):
+            p.grad = view
+        self._watch(s)
         s.rng.clean_pass_done()
-        s.stats_clean = [b.clone() for b in s.stats]
+        if s.stats:
+            torch._foreach_copy_(s.stats_clean, s.stats)
         return loss0
+
+    def _watch(self, s: _Step) -> None:
+        """Count backward passes: a parameter the clean pass reached is reached by every pass that calls backward."""
+        def counted(_: torch.Tensor) -> None:
+            s.backwards += 1
+        s.witness = s.reached[0].register_post_accumulate_grad_hook(counted)
+
+    def _called_backward(self, s: _Step, before: int) -> None:
+        if s.backwards == before:
+            raise self.Error(f"the closure did not call loss.backward() at the {s.where}; it must on every "
+                             "call that runs with gradients enabled (the step clears them before each call)")
 
     def _agree(self, s: _Step, loss0, sharpness, coefficients) -> tuple:
         """(loss0, R, whether the step is finite), alike on every rank; the step's one host read.
 
         In per-rank mode losses differ between ranks, so loss0, R and the verdict are averaged
-        first (one all-reduce of three scalars): no rank skips a step the others take.
+        first (one all-reduce of three scalars): no rank skips a step the others take. Gradients
+        are checked too (g0 and the accumulators), unless a GradScaler checks and skips them.
         """
         check = self.nonfinite != "ignore"
         if check or self._ranks.mode == "per-rank":
-            # (not the estimate itself: a determinant's scale may overflow while the step is sound);
-            # gradients too: g0 and the accumulators (memory="sums"), or g0 (memory="lean"), unless a
-            # GradScaler owns overflow: its scaled gradients may overflow, and it skips the step then
-            finite = torch.isfinite(torch.stack(s.losses)).all() & torch.isfinite(coefficients).all()
+            # (not the estimate itself: a determinant's scale may overflow while the step is sound)
+            checked = [torch.stack(s.losses), coefficients]
             if self.grad_scaler is None or not self.grad_scaler.is_enabled():
-                grads = [*s.flat, *(t for acc in s.acc for t in acc)] or [p.grad for p in s.active]
-                finite &= torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
+                grads = [*s.kept.g0, *(t for acc in s.kept.acc for t in acc)]
+                checked.append(torch.stack(torch._foreach_norm(grads)))
+            dtype = functools.reduce(torch.promote_types, [c.dtype for c in checked])  # widest: no overflow
+            finite = torch.isfinite(torch.cat([c.to(dtype) for c in checked])).all()
         if self._ranks.mode == "per-rank":
             shared = torch.stack([loss0, sharpness.to(loss0.dtype), (~finite).to(loss0.dtype)])
             self._ranks.mean_([shared])
@@ -792,7 +986,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         self.skipped_steps += 1
         if self.grad_scaler is not None and self.grad_scaler.is_enabled():
             # the scaler sees an overflow: it skips, backs off, and update() has its record
-            for p in s.active:
+            for p in s.reached:
                 p.grad = torch.full_like(p, float("nan"))
             self.grad_scaler.step(self.base_optimizer)
             for p in s.trainable:
@@ -813,69 +1007,82 @@ class PhiPsiSAM(torch.optim.Optimizer):
 
     # memory="sums": every perturbed pass's direction goes into running sums right away.
     def _summed_passes(self, closure: Callable, s: _Step, loss0: torch.Tensor) -> tuple:
+        kept = s.kept
         loss0 = self._ranks.global_loss(loss0)
         s.losses.append(loss0)
-        s.flat, s.g0 = _flat([p.grad for p in s.active])
         if self._ranks.sync and self._reads_g0(s.cfg):  # the direction or Delta uses the global gradient
-            self._ranks.mean_(s.flat)
-        g0_of = {id(p): g for p, g in zip(s.active, s.g0)}
+            self._ranks.mean_(kept.g0)
         d = loss0.new_full((), s.d)  # phi and psi see d as a 0-d tensor
-        s.acc = [[torch.zeros_like(g) for g in s.g0] for _ in range(self.slots)]
-        antithetic = s.cfg.difference == "antithetic"
-        stash = [torch.empty_like(g) for g in s.g0] if antithetic else []
-        self._last_buffers = sum(t.numel() for t in [*s.backup, *s.g0, *stash, *sum(s.acc, [])]) \
-            / sum(p.numel() for p in s.trainable)
+        torch._foreach_zero_([t for acc in kept.acc for t in acc])
+        self._last_buffers = kept.kept() / sum(p.numel() for p in s.trainable)
         deltas = []
         for a, group in enumerate(self.sample_groups):
             group_deltas = []
             for i in range(group.count(s.cfg.n_samples)):
                 s.where = f"perturbed point {i + 1} of {group.count(s.cfg.n_samples)} (sample group {a})"
-                linear = self._perturb(group, s, g0_of, linear=s.cfg.difference == "control")
-                delta, direction = self._perturbed_pass(closure, s, loss0, stash, linear)
+                linear = self._perturb(group, s, linear=s.cfg.difference == "control")
+                delta = self._perturbed_pass(closure, s, loss0, linear)
                 for slot, weight in self._weights(a, delta, d, s.cfg):
-                    torch._foreach_addcmul_(s.acc[slot], direction, [weight] * len(direction))
+                    for acc, direction in zip(kept.acc[slot], kept.grad):
+                        acc.add_(direction) if weight is None else acc.addcmul_(direction, weight)
                 group_deltas.append(delta)
             deltas.append(torch.stack(group_deltas))
         self._back_to_x(s)
-        return (loss0, *self._combine(deltas, d, s.cfg))
+        return (loss0, *self._combine(deltas, d, s.cfg, s.d))
 
     def _summed_gradient(self, s: _Step, coefficients: torch.Tensor) -> None:
         """.grad = g0 + strength * sum_slot coefficient * accumulator, averaged over ranks.
 
-        Parameters the closure did not reach get None.
+        Parameters the clean pass did not reach get None.
         """
-        regularizer, *rest = s.acc  # sum_slot coefficient * accumulator, times strength, in the first one
-        torch._foreach_mul_(regularizer, coefficients[0])
-        for slot, acc in enumerate(rest, 1):
-            torch._foreach_mul_(acc, coefficients[slot])
-            torch._foreach_add_(regularizer, acc)
-        for strength, index in _by_strength(s):
-            torch._foreach_mul_([regularizer[i] for i in index], strength)
-        if s.cfg.clip is not None:  # at most clip * |g0|: heavy-tailed estimates cannot throw the step
+        kept = s.kept
+        strength = self._strengths(s)
+        weights_of = [[c * w for w in strength] if isinstance(strength, list) else [c * strength] * len(kept.g0)
+                      for c in coefficients.unbind()]
+        if s.cfg.clip is None:
+            for acc_slot, weights in zip(kept.acc, weights_of):
+                for g0, acc, w in zip(kept.g0, acc_slot, weights):
+                    g0.addcmul_(acc, w)
+        else:  # at most clip * |g0|: heavy-tailed estimates (high powers of Delta) cannot throw the step
+            regularizer = kept.acc[0]
+            for slot, (acc_slot, weights) in enumerate(zip(kept.acc, weights_of)):
+                for r, acc, w in zip(regularizer, acc_slot, weights):
+                    r.mul_(w) if slot == 0 else r.addcmul_(acc, w)
             # norms in float64: gradients scaled by a GradScaler (up to 2**127) overflow a float32 sum of squares
             size = torch.stack(torch._foreach_norm(regularizer, 2, dtype=torch.float64)).norm()
-            limit = s.cfg.clip * torch.stack(torch._foreach_norm(s.g0, 2, dtype=torch.float64)).norm()
+            limit = s.cfg.clip * torch.stack(torch._foreach_norm(kept.g0, 2, dtype=torch.float64)).norm()
             factor = (limit / size.clamp_min(torch.finfo(size.dtype).tiny)).clamp_max(1)
-            torch._foreach_mul_(regularizer, factor.to(regularizer[0].dtype))
-        torch._foreach_add_(s.g0, regularizer)
-        self._ranks.mean_(s.flat)  # the step's one gradient all-reduce
-        torch._foreach_copy_(_grads(s.active), s.g0)
+            for g0, r in zip(kept.g0, regularizer):
+                g0.add_(r.mul_(factor.to(r.dtype)))
+        self._ranks.mean_(kept.g0)  # the step's one gradient all-reduce
+        torch._foreach_copy_(kept.grad, kept.g0)
         self._forget_unreached(s)
 
-    def _perturbed_pass(self, closure: Callable, s: _Step, loss0: torch.Tensor, stash: list,
-                        linear: torch.Tensor | None) -> tuple:
-        """Delta of one sample and its direction: grad Delta * rho**2, left in the .grad tensors."""
+    def _strengths(self, s: _Step) -> float | list:
+        """Each graded parameter's group strength: one number, or per-element buffers."""
+        return self._per_element(s, "strength", outer=False)
+
+    def _per_element(self, s: _Step, key: str, outer: bool = True) -> float | list:
+        """A hyperparameter of the perturbed (outer) or graded parameters' groups, as _Kept.per_element gives it."""
+        groups = [g for g in self.param_groups if not outer or g["perturb"]]
+        if len({float(g[key]) for g in groups}) == 1:
+            return float(groups[0][key])
+        value_of = {id(p): float(g[key]) for g in groups for p in g["params"]}
+        return s.kept.per_element(key, [value_of[id(p)] for p in (s.perturbed if outer else s.kept.graded)], outer)
+
+    def _perturbed_pass(self, closure: Callable, s: _Step, loss0: torch.Tensor,
+                        linear: torch.Tensor | None) -> torch.Tensor:
+        """Delta of one sample; its direction grad Delta * rho**2 is left in the kept ``grad``."""
+        kept = s.kept
         loss = self._pass(closure, s)
-        grads = _grads(s.active)
         if s.cfg.difference == "antithetic":
-            torch._foreach_copy_(stash, grads)
+            torch._foreach_copy_(kept.stash, kept.grad)
             self._reflect(s)
             loss = (loss + self._pass(closure, s)) / 2
-            grads = _grads(s.active)
-            torch._foreach_add_(grads, stash)
-            torch._foreach_mul_(grads, 0.5)
-        torch._foreach_sub_(grads, s.g0)
-        return self._delta(loss, loss0, linear, s.cfg), grads
+            torch._foreach_add_(kept.grad, kept.stash)
+            torch._foreach_mul_(kept.grad, 0.5)
+        torch._foreach_sub_(kept.grad, kept.g0)
+        return self._delta(loss, loss0, linear, s.cfg)
 
     @staticmethod
     def _delta(loss: torch.Tensor, loss0: torch.Tensor, linear: torch.Tensor | None, cfg: _Settings) -> torch.Tensor:
@@ -886,8 +1093,10 @@ class PhiPsiSAM(torch.optim.Optimizer):
 
     def _pass(self, closure: Callable, s: _Step) -> torch.Tensor:
         s.rng.rewind()
-        torch._foreach_zero_([p.grad for p in s.active if p.grad is not None])
+        torch._foreach_zero_(s.kept.grad)
+        before = s.backwards
         loss = self._ranks.global_loss(self._evaluate(closure))
+        self._called_backward(s, before)
         s.losses.append(loss)
         return loss
 
@@ -895,14 +1104,13 @@ class PhiPsiSAM(torch.optim.Optimizer):
     def _lean_losses(self, closure: Callable, s: _Step, loss0: torch.Tensor) -> tuple:
         """The loss at every perturbed point, forward only; R, phi' and each gradient's weight W."""
         if self._ranks.sync and self._reads_g0(s.cfg):
-            self._ranks.mean_(s.flat)
-        g0_of = {id(p): p.grad for p in s.active}  # g0 itself: the forward-only passes leave .grad alone
+            self._ranks.mean_(s.kept.g0)
         s.start = self.generator.get_state()
         local, antithetic, control = [loss0], s.cfg.difference == "antithetic", s.cfg.difference == "control"
         for a, group in enumerate(self.sample_groups):
             for i in range(group.count(s.cfg.n_samples)):
                 s.where = f"perturbed point {i + 1} of {group.count(s.cfg.n_samples)} (sample group {a})"
-                s.linear.append(self._perturb(group, s, g0_of, linear=control))
+                s.linear.append(self._perturb(group, s, linear=control))
                 local.append(self._forward(closure, s))
                 if antithetic:
                     self._reflect(s)
@@ -912,7 +1120,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         if self._ranks.sync:
             self._ranks.mean_([losses])  # all of the step's losses in one scalar all-reduce
         s.losses = list(losses.unbind())
-        self._last_buffers = sum(t.numel() for t in s.backup) / sum(p.numel() for p in s.trainable)
+        self._last_buffers = s.kept.kept() / sum(p.numel() for p in s.trainable)
         loss0, rest, linear = s.losses[0], iter(s.losses[1:]), iter(s.linear)
         d = loss0.new_full((), s.d)
         deltas = []
@@ -924,8 +1132,9 @@ class PhiPsiSAM(torch.optim.Optimizer):
                     loss = (loss + next(rest)) / 2
                 group_deltas.append(self._delta(loss, loss0, next(linear), s.cfg))
             deltas.append(group_deltas)
-        sharpness, coefficients = self._combine([torch.stack(g) for g in deltas], d, s.cfg)
-        s.weights = [[sum((coefficients[slot] * w for slot, w in self._weights(a, delta, d, s.cfg)),
+        sharpness, coefficients = self._combine([torch.stack(g) for g in deltas], d, s.cfg, s.d)
+        s.weights = [[sum((coefficients[slot] if w is None else coefficients[slot] * w
+                           for slot, w in self._weights(a, delta, d, s.cfg)),
                           loss0.new_zeros(())) for delta in group_deltas] for a, group_deltas in enumerate(deltas)]
         return loss0, sharpness, coefficients
 
@@ -935,11 +1144,12 @@ class PhiPsiSAM(torch.optim.Optimizer):
         The generator is rewound so every point is drawn again exactly, and a hook scales each
         pass's gradient before autograd adds it to .grad: no per-point buffer ever exists.
         """
-        grads = [p.grad for p in s.active]
-        g0_of = {id(p): g for p, g in zip(s.active, grads)}
         total = sum(w for group in s.weights for w in group)
+        strength = self._strengths(s)
         weight = [None]
-        hooks = [p.register_hook(_scaled_by(weight, s.strengths[id(p)])) for p in s.trainable]
+        group_of = {id(p): float(g["strength"]) for g in self.param_groups for p in g["params"]}
+        factors = [group_of[id(p)] for p in s.trainable]
+        hooks = [p.register_hook(lambda g, f=f: g * (weight[0] * f)) for p, f in zip(s.trainable, factors)]
         self.generator.set_state(s.start)
         rescaled, antithetic = False, s.cfg.difference == "antithetic"
         try:
@@ -947,10 +1157,12 @@ class PhiPsiSAM(torch.optim.Optimizer):
             for a in sorted(range(len(self.sample_groups)), key=lambda a: self.sample_groups[a].kind != "dirac"):
                 for i, w in enumerate(s.weights[a]):
                     s.where = f"perturbed point {i + 1} of {len(s.weights[a])} (sample group {a}, weighted pass)"
-                    self._perturb(self.sample_groups[a], s, g0_of)
+                    self._perturb(self.sample_groups[a], s)
                     if not rescaled:
-                        for strength, index in _by_strength(s):
-                            torch._foreach_mul_([grads[i] for i in index], 1 - strength * total)
+                        factors = [1 - f * total for f in strength] if isinstance(strength, list) \
+                            else [1 - strength * total] * len(s.kept.grad)
+                        for g, f in zip(s.kept.grad, factors):
+                            g.mul_(f)
                         rescaled = True
                     weight[0] = w / 2 if antithetic else w
                     self._backward(closure, s)
@@ -961,7 +1173,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
             for hook in hooks:
                 hook.remove()
         self._back_to_x(s)
-        self._ranks.mean_(s.flat)  # the step's one gradient all-reduce
+        self._ranks.mean_(s.kept.grad)  # the step's one gradient all-reduce
         self._forget_unreached(s)
 
     def _forward(self, closure: Callable, s: _Step) -> torch.Tensor:
@@ -980,7 +1192,9 @@ class PhiPsiSAM(torch.optim.Optimizer):
     def _backward(self, closure: Callable, s: _Step) -> None:
         """A closure call whose gradient (scaled by the hooks) adds to .grad."""
         s.rng.rewind()
+        before = s.backwards
         self._evaluate(closure)
+        self._called_backward(s, before)
 
     # ------------------------------------------------------------------ shared pieces
     def _reads_g0(self, cfg: _Settings) -> bool:
@@ -1000,34 +1214,45 @@ class PhiPsiSAM(torch.optim.Optimizer):
             raise self.Error(f"the closure must return the loss as a 0-d tensor, got {shape}")
         return loss.detach().to(torch.promote_types(loss.dtype, torch.float32))
 
-    def _perturb(self, group: GroupSpec, s: _Step, g0_of: dict, linear: bool = False) -> torch.Tensor | None:
+    def _perturb(self, group: GroupSpec, s: _Step, linear: bool = False) -> torch.Tensor | None:
         """Write x + e, e = rho * a * v, into the perturbed parameters (a = |x| + eta when adaptive).
 
-        Each parameter moves at its group's rho. With ``linear``, returns g0 . e (the control
-        variate's known first-order term).
+        e is built in the kept flat buffer ``e``, one kernel per operation. Each parameter
+        moves at its group's rho. With ``linear``, returns g0 . e (the control variate's
+        known first-order term).
         """
-        perturbed, backup = s.perturbed, s.backup
+        kept = s.kept
+        e = kept.e
         if group.kind == "dirac":  # SAM: v = a g0 / |a g0|, so the step is rho a^2 g0 / |a g0| (ASAM)
-            for p in perturbed:
-                g = g0_of.get(id(p))
-                p.copy_(g) if g is not None else p.zero_()
+            torch._foreach_copy_(e, kept.g0_prefix)
             self._scale_adaptive(s, group.adaptive)
-            torch._foreach_div_(perturbed, _global_norm(perturbed).clamp_min(torch.finfo(perturbed[0].dtype).tiny))
+            torch._foreach_div_(e, _global_norm(e).clamp_min(torch.finfo(e[0].dtype).tiny))
+        elif group.kind == "point":  # e_i indexes the parameters flattened in order, not the buffers
+            draw_("point", kept.e_views, support=group.support)
         else:
-            draw_(group.kind, perturbed, self.generator, group.half_width, group.support)
+            draw_(group.kind, e, self.generator, group.half_width)
         self._scale_adaptive(s, group.adaptive)
-        torch._foreach_mul_(perturbed, s.rhos)
+        rho = self._per_element(s, "rho")
         dot = None
-        if linear:
-            pairs = [(e, g0_of[id(e)]) for e in perturbed if id(e) in g0_of]
-            dot = sum(torch.vdot(e.reshape(-1), g.reshape(-1)) for e, g in pairs)
-        torch._foreach_add_(perturbed, backup)
+        if linear or isinstance(rho, list):
+            torch._foreach_mul_(e, rho)
+            dot = sum(torch.dot(a, b) for a, b in zip(e, kept.g0_prefix)) if linear else None
+            torch._foreach_add_(e, kept.x)
+        else:  # x + rho v in one kernel per buffer
+            for v, x in zip(e, kept.x):
+                torch.add(x, v, alpha=rho, out=v)
+        torch._foreach_copy_(s.perturbed, kept.e_views)
         return dot
 
     def _scale_adaptive(self, s: _Step, measure_is_adaptive: bool) -> None:
-        for p, x, (adaptive, eta) in zip(s.perturbed, s.backup, s.adapt):
-            if adaptive or measure_is_adaptive:
-                p.mul_(x.abs().add_(eta))
+        """e *= |x| + eta where the measure or the parameter's group is adaptive."""
+        adaptive = 1.0 if measure_is_adaptive else self._per_element(s, "adaptive")
+        if adaptive == 0.0:
+            return
+        factor = torch._foreach_add(torch._foreach_abs(s.kept.x), self._per_element(s, "eta"))
+        if isinstance(adaptive, list):  # some groups adaptive, some not: factor 1 for the rest
+            factor = [torch.where(mask > 0, f, 1) for f, mask in zip(factor, adaptive)]
+        torch._foreach_mul_(s.kept.e, factor)
 
     def _reflect(self, s: _Step) -> None:
         """x + e -> x - e, with e exactly the applied offset (x + e) - x."""
@@ -1043,13 +1268,14 @@ class PhiPsiSAM(torch.optim.Optimizer):
         s.rng.finish()
 
     def _weights(self, group: int, delta: torch.Tensor, d: torch.Tensor, cfg: _Settings):
-        """(slot, weight) pairs: how much of this sample's direction each accumulator takes."""
+        """(slot, weight) pairs: how much of this sample's direction each accumulator takes (None: all of it)."""
         if cfg.estimator == "plugin":
-            slopes = _slopes(self.psi, delta, d)
+            slopes = self.psi_slopes(delta, d) if self.derivatives == "symbolic" else _slopes(self.psi, delta, d)
             return [(c, slopes[c]) for c in self.sample_groups[group].components]
-        return [(slot, delta ** (k - 1)) for slot, (a, k) in enumerate(self.power_sums) if a == group]
+        return [(slot, None if k == 1 else delta if k == 2 else delta ** (k - 1))  # None: weight 1
+                for slot, (a, k) in enumerate(self.power_sums) if a == group]
 
-    def _combine(self, deltas: list, d: torch.Tensor, cfg: _Settings) -> tuple[torch.Tensor, torch.Tensor]:
+    def _combine(self, deltas: list, d: torch.Tensor, cfg: _Settings, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The target estimate and each accumulator's coefficient in the final gradient (before strength).
 
         S = phi(...) estimates target = scale * S + offset, and the accumulators hold
@@ -1063,24 +1289,37 @@ class PhiPsiSAM(torch.optim.Optimizer):
                 values = self.psi(samples, d)
                 for c in group.components:
                     means[c], counts[c] = values[c].mean(), len(samples)
-            value, slopes = _value_and_grad(self.phi, torch.stack(means), d)
-            slopes = slopes / slopes.new_tensor(counts)
+            ts = torch.stack(means)
+            value, slopes = ((self.phi(ts, d), self.phi_grad(ts, d)) if self.derivatives == "symbolic"
+                             else _value_and_grad(self.phi, ts, d))
+            # (a mean over count samples: slope / count; one count for all needs no tensor)
+            slopes = slopes / (counts[0] if len(set(counts)) == 1 else slopes.new_tensor(counts))
         else:
             sums = torch.stack([(deltas[a] ** k).sum() for a, k in self.power_sums])
-            value, slopes = _value_and_grad(self.ustat, sums, n, d)
+            value, slopes = ((self.ustat(sums, n, d), self.ustat_grad(sums, n, d)) if self.derivatives == "symbolic"
+                             else _value_and_grad(self.ustat, sums, n, d))
             slopes = torch.stack([s * k for s, (_, k) in zip(slopes.unbind(), self.power_sums)])
-        d64 = d.to(torch.float64)  # scale can be huge ((2 pi)^d for determinants): float64, and
-        scale, offset = self.scale(d64, d64.new_tensor(cfg.rho)), self.offset(d64, d64.new_tensor(cfg.rho))
+        scale, offset, shift = self._target_constants(dim, d, cfg.rho)
         estimate = (scale * value + offset).to(value.dtype)
         if cfg.relative:  # strength * grad(target) / mean|target| = strength * grad(S) / mean|S + offset/scale|
-            magnitude = self._magnitude.proposed(value + (offset / scale).to(value.dtype))
+            magnitude = self._magnitude.proposed(value + shift.to(value.dtype))
             weight = 1 / (cfg.rho ** 2 * magnitude.clamp_min(torch.finfo(value.dtype).tiny))
         else:
             weight = (scale / cfg.rho ** 2).to(value.dtype)
         return estimate, slopes * weight
 
+    def _target_constants(self, dim: int, like: torch.Tensor, rho: float) -> tuple:
+        """scale, offset and offset / scale at (d, rho) in float64 (scale can be huge, (2 pi)^d for
+        determinants), computed once per (d, rho, device) rather than every step."""
+        key = (dim, rho, like.device)
+        if key not in self._constants:
+            d64 = like.new_full((), dim, dtype=torch.float64)
+            scale, offset = self.scale(d64, d64.new_tensor(rho)), self.offset(d64, d64.new_tensor(rho))
+            self._constants = {key: (scale, offset, offset / scale)}  # the latest only: rho may be annealed
+        return self._constants[key]
+
     def _forget_unreached(self, s: _Step) -> None:
-        reached = {id(p) for p in s.active}
+        reached = {id(p) for p in s.trainable} if self._ranks.mode else {id(p) for p in s.reached}
         for p in s.trainable:
             if id(p) not in reached:
                 p.grad = None

@@ -276,3 +276,43 @@ def _lean_closure(model, x, y):
             loss.backward()
         return loss
     return closure
+
+
+# ----------------------------------------------------------------------------- configuration check
+def _mismatch_worker(rank, port, out):
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=60))
+    outcome = {}
+    try:
+        for name, samples in (("mismatch", 2 + rank), ("match", 2)):
+            model, _, _ = tiny_mlp(dtype=torch.float64)
+            try:
+                optimizer_class(frobenius())(model.parameters(), lr=0.1, seed=0, n_samples=samples,
+                                             distributed="sync", **PLAIN)
+                outcome[name] = "built"
+            except OptimizerError as error:
+                outcome[name] = str(error)
+        torch.save(outcome, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_built_with_different_configurations_fail_alike(tmp_path):
+    """n_samples 2 on rank 0 and 3 on rank 1: a clear error on both ranks, not a hang or a silent divergence."""
+    context = mp.start_processes(_mismatch_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=False,
+                                 start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        while not context.join(timeout=max(deadline - time.monotonic(), 0.1)):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the two-process run did not finish within {TIMEOUT_S} s")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.terminate()
+    outcomes = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    for outcome in outcomes:
+        assert "different optimizer configurations" in outcome["mismatch"]
+        assert outcome["match"] == "built"

@@ -88,10 +88,11 @@ def _names_used(source: str) -> set[str]:
 def test_generated_source_uses_only_whitelisted_names():
     source = generate(frobenius(), "FrobSAM")
     allowed = {"torch", "ts", "t", "d", "rho", "t1", "t2", "P", "n", "P0_1", "P0_2", "phi", "psi", "ustat",
-               "scale", "offset", "staticmethod", "PhiPsiSAM", "GroupSpec"}  # variables, generated functions, runtime
+               "phi_grad", "psi_slopes", "ustat_grad", "scale", "offset", "staticmethod", "PhiPsiSAM",
+               "GroupSpec"}  # variables, generated functions, runtime
     assert _names_used(source) <= allowed
     tree = ast.parse(source)
-    assert [type(node).__name__ for node in tree.body] == ["FunctionDef"] * 5 + ["ClassDef"]
+    assert [type(node).__name__ for node in tree.body] == ["FunctionDef"] * 8 + ["ClassDef"]
 
 
 def test_user_text_cannot_escape_its_string_literal():

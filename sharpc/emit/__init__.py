@@ -33,7 +33,7 @@ from ..distributions import Adaptive, Dirac, DiracAt, Distribution, Gaussian, Hy
 from ..errors import OptimizerError
 from ..measure import Measure
 from .names import check_class_name
-from .printer import torch_code
+from .printer import PrinterError, torch_code
 
 __all__ = ["UStatistic", "unbiased_estimator", "generate", "group_specs", "emit_module", "recommended"]
 
@@ -187,6 +187,8 @@ def generate(measure: Measure, name: str, recommended_overrides: dict | None = N
         blocks.append(_function("ustat", "P, n, d", doc, _unpack(names, "P"),
                                 torch_code(ustat.expr, {*names, "n", "d"})))
 
+    derivatives = _derivative_blocks(measure, ustat)
+    blocks += derivatives
     for name_, expr, what in (("scale", measure.scale, "positive factor"), ("offset", measure.offset, "constant")):
         blocks.append(_function(name_, "d, rho", f"The target's dropped {what}: {sp.sstr(expr)}.", "",
                                 f"torch.zeros_like(d) + ({torch_code(expr, {'d', 'rho'})})"))
@@ -211,6 +213,9 @@ def generate(measure: Measure, name: str, recommended_overrides: dict | None = N
         "    phi = staticmethod(phi)",
         "    psi = staticmethod(psi)",
         f"    ustat = {'staticmethod(ustat)' if ustat else 'None'}",
+        f"    derivatives = {'symbolic' if derivatives else 'autograd'!r}",
+        *([f"    {f} = staticmethod({f})" for f in ("phi_grad", "psi_slopes")]
+          + (["    ustat_grad = staticmethod(ustat_grad)"] if ustat else []) if derivatives else []),
         "    scale = staticmethod(scale)",
         "    offset = staticmethod(offset)",
         f"    ustat_unavailable = {unavailable!r}",
@@ -224,6 +229,40 @@ def generate(measure: Measure, name: str, recommended_overrides: dict | None = N
     return "\n\n".join(blocks)
 
 
+def _derivative_blocks(measure: Measure, ustat: UStatistic | None) -> list[str]:
+    """phi_grad, psi_slopes and ustat_grad, differentiated by SymPy at compile time.
+
+    A step then runs no autograd outside the user's closure. Empty when some derivative has
+    no torch translation (RootEig's, the universality strategy's root of a polynomial):
+    the runtime then differentiates phi, psi and the U-statistic by autograd.
+    """
+    phi_args = [s.name for s in measure.phi_args]
+    try:
+        phi_grads = [_printed(sp.diff(measure.phi, a), {*phi_args, "d"}, phi_args[0]) for a in measure.phi_args]
+        slopes = [_printed(sp.diff(c, t), {"t", "d"}, "t") for c in measure.psi]
+        blocks = [_function("phi_grad", "ts, d", "The gradient of phi in (t1, ..., tm), differentiated by SymPy.",
+                            _unpack(phi_args, "ts"), f"torch.stack(({', '.join(phi_grads)},))"),
+                  _function("psi_slopes", "t, d", "d psi_l / dt for every component l, differentiated by SymPy.",
+                            "", f"torch.stack(({', '.join(slopes)},))")]
+        if ustat is not None:
+            names = [power_sum_symbol(a, k).name for a, k in ustat.power_sums]
+            grads = [_printed(sp.diff(ustat.expr, power_sum_symbol(a, k)), {*names, "n", "d"}, names[0])
+                     for a, k in ustat.power_sums]
+            blocks.append(_function("ustat_grad", "P, n, d",
+                                    "dU / dP for every power sum P, differentiated by SymPy.",
+                                    _unpack(names, "P"), f"torch.stack(({', '.join(grads)},))"))
+    except PrinterError:
+        return []
+    return blocks
+
+
+def _printed(expr: sp.Expr, allowed: set[str], like: str) -> str:
+    """torch code for a derivative, broadcast to ``like``'s shape and dtype (it may be a constant)."""
+    if expr.has(sp.Derivative, sp.Subs):
+        raise PrinterError(f"no closed-form derivative: {sp.sstr(expr)}")
+    return f"torch.zeros_like({like}) + ({torch_code(expr, allowed)})"
+
+
 def runtime_text() -> str:
     """sharpc/runtime.py's source, read from the package: emitting never imports torch."""
     return resources.files("sharpc").joinpath("runtime.py").read_text(encoding="utf-8")
@@ -233,7 +272,7 @@ def runtime_text() -> str:
 def _taken_names() -> frozenset[str]:
     """Module-level names of runtime.py and of the generated code: a class must not shadow them."""
     tree = ast.parse(runtime_text())
-    names = {"phi", "psi", "ustat", "scale", "offset"}
+    names = {"phi", "psi", "ustat", "scale", "offset", "phi_grad", "psi_slopes", "ustat_grad"}
     for node in tree.body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
