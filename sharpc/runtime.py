@@ -15,7 +15,8 @@ for samples v_i of mu,
 g0 = grad L(x) and g_i = grad L(x + rho v_i) (``difference`` also offers antithetic pairs
 x +- rho v_i and a control variate; ``relative`` divides strength by a running |target|).
 The unbiased estimator replaces phi(means) by a U-statistic U(P_1, ..., P_K) of the power
-sums P_k = sum_i Delta_i**k, whose gradient is sum_k dU/dP_k * k * sum_i Delta_i**(k-1) (g_i - g0). Either way only running sums are
+sums P_k = sum_i Delta_i**k, whose gradient is sum_k dU/dP_k * k * sum_i Delta_i**(k-1)
+(g_i - g0). Either way only running sums are
 kept: a backup of the perturbed parameters, g0, and one accumulator per psi component
 (plug-in) or per power sum (U-statistic), never n gradients. Each is one flat buffer per
 (device, dtype), allocated once and kept while the parameter set is unchanged (``_Kept``),
