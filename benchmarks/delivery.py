@@ -30,6 +30,7 @@ import math
 import os
 import statistics
 import sys
+import textwrap
 import time
 from dataclasses import asdict, dataclass
 
@@ -174,7 +175,10 @@ def table(runs: list[Run], targets: list[str]) -> str:
     keys = sorted({(r.task, r.optimizer, r.strength, r.options) for r in runs if r.optimizer not in ("SGD",)},
                   key=lambda k: (k[0], k[1] != "SAM", k[1], -1 if k[2] is None else k[2], k[3]))
     for task, name, strength, options in keys:
-        group = [r for r in runs if (r.task, r.optimizer, r.strength, r.options) == (task, name, strength, options)]
+        group = [r for r in runs if (r.task, r.optimizer, r.strength, r.options) == (task, name, strength, options)
+                 and (task, r.seed) in base]  # runs without a baseline (--no-baselines) need --from with one
+        if not group:
+            continue
         for target in ([name] if name in targets else targets):
             ratio = statistics.median(r.targets[target][0] / base[task, r.seed].targets[target][0] for r in group)
             vs_sam = statistics.median(r.targets[target][0] / sam[task, r.seed].targets[target][0] for r in group
@@ -207,7 +211,7 @@ def plot(runs: list[Run], path: str) -> None:
                            label=("compiled from the target" if j == 0 else "SAM") if i == 0 else None)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.axhline(0.8, color="black", linewidth=0.8, linestyle=":")
-        ax.set_xticks(range(len(targets)), [t.replace(" of ", "\nof ") for t in targets], fontsize=7)
+        ax.set_xticks(range(len(targets)), [textwrap.fill(t, 10) for t in targets], fontsize=7)
         ax.set(title=f"{task}: target at the end / SGD's (defaults)", ylabel="ratio")
         ax.legend(fontsize=7)
     figure.tight_layout()
