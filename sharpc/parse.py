@@ -450,13 +450,35 @@ def _matrix_estimate(node: ast.expr, d: int) -> tuple[int, int]:
     if isinstance(node.op, (ast.Add, ast.Sub)):
         return min(left[0] + right[0], cap), min(left[1] + right[1], cap)
     if isinstance(node.op, ast.Pow):
-        exponent = _int_literal(node.right) or 1
+        exponent = _int_value(node.right)
+        if exponent is None:  # not a small integer expression: assume the worst
+            return cap, cap
         terms, work = left
         for _ in range(max(exponent, 1) - 1):
             work = min(work + d**3 * terms * left[0], cap)
             terms = min(d * terms * left[0], cap)
         return terms, work
     return max(left[0], right[0]), min(left[1] + right[1], cap)  # a scalar times a matrix
+
+
+def _int_value(node: ast.expr, limit: int = 10**6) -> int | None:
+    """An integer literal or an arithmetic of them (``3**1**3``), when its value stays within
+    ``limit``; else None. Exponents such as ``H**(2**3)`` must count as what they are."""
+    literal = _int_literal(node)
+    if literal is not None:
+        return literal if abs(literal) <= limit else None
+    if not isinstance(node, ast.BinOp) or not isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Pow)):
+        return None
+    left, right = _int_value(node.left, limit), _int_value(node.right, limit)
+    if left is None or right is None:
+        return None
+    if isinstance(node.op, ast.Pow):
+        if not 0 <= right <= 64 or right * abs(left).bit_length() > 64:  # keep the power itself small
+            return None
+        value = left**right
+    else:
+        value = {ast.Add: left + right, ast.Sub: left - right, ast.Mult: left * right}[type(node.op)]
+    return value if abs(value) <= limit else None
 
 
 def _int_literal(node: ast.expr) -> int | None:

@@ -14,7 +14,7 @@ import sys
 import pytest
 import sympy as sp
 from grammar import matrix_targets, targets
-from hypothesis import HealthCheck, given, settings
+from hypothesis import example, HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sharpc
@@ -109,6 +109,7 @@ _matrix_texts = st.recursive(st.just("H"), lambda m: st.one_of(
 
 @settings(max_examples=30, deadline=None)
 @given(_matrix_texts, st.integers(1, 3))
+@example("H**3**1**3", 3)  # the exponent 3**1**3 is an expression, not a literal: found by Hypothesis
 def test_matrix_estimate_bounds_the_terms_of_each_entry(text, d):
     terms, _ = parse_module._matrix_estimate(ast.parse(text, mode="eval").body, d)
     hessian = hessian_matrix(d)
