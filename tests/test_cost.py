@@ -14,7 +14,7 @@ import sys
 import pytest
 import sympy as sp
 from grammar import matrix_targets, targets
-from hypothesis import example, HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import sharpc
