@@ -554,7 +554,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
             estimator: "unbiased" (U-statistic; polynomial phi and psi only), "plugin"
                 (phi of the sample means, the paper's Algorithm 2) or "auto" (unbiased when available).
             clip: scale the regularizer's gradient down to at most clip * |grad L| (None: never;
-                default: the class's recommended),
+                default: the class's recommended, or None with memory="lean" or ``distributed``),
                 so heavy-tailed estimates (high powers of Delta) cannot throw a step; not with
                 memory="lean".
             difference: how Delta estimates Q = v^T H v / 2: "one-sided" (L(x + rho v) - L(x))
@@ -589,9 +589,6 @@ class PhiPsiSAM(torch.optim.Optimizer):
                      difference=difference, adaptive=adaptive, eta=eta)
         hyper = {k: self.recommended.get(k) if v is None else v for k, v in given.items()}
         hyper = {k: _FALLBACK.get(k) if v is None else v for k, v in hyper.items()}
-        if clip == "recommended":  # None is a value here (never clip); the class's clip needs a buffer
-            clip = None if memory == "lean" else self.recommended.get("clip")  # that lean mode does not keep
-        hyper["clip"] = clip
         if nonfinite not in ("raise", "skip", "ignore"):
             raise self.Error(f"nonfinite must be 'raise', 'skip' or 'ignore', got {nonfinite!r}")
         if memory not in ("sums", "lean"):
@@ -599,6 +596,10 @@ class PhiPsiSAM(torch.optim.Optimizer):
         if memory == "lean" and sum(g.kind == "dirac" for g in self.sample_groups) > 1:
             raise self.Error("memory='lean' supports at most one Dirac sample group (each one needs g0 kept)")
         distributed = self._distributed_mode(distributed, model, process_group)
+        if clip == "recommended":  # None is a value here (never clip). The class's clip needs the whole
+            # regularizer in a buffer, which lean mode does not keep, and ranks would each clip their own share
+            clip = None if memory == "lean" or distributed else self.recommended.get("clip")
+        hyper["clip"] = clip
         scaler_api = ("scale", "step", "update", "is_enabled")
         if grad_scaler is not None and not all(hasattr(grad_scaler, a) for a in scaler_api):
             raise self.Error(f"grad_scaler must be a torch.amp.GradScaler, got {type(grad_scaler).__name__}")

@@ -258,6 +258,7 @@ def test_a_single_process_group_is_the_plain_optimizer(tmp_path):
             TraceSAM(model.parameters(), seed=0)
         # a per-rank checkpoint records its rank: this rank's resumes exactly, another's is split off
         opt = TraceSAM(model.parameters(), seed=0, distributed="per-rank")
+        assert opt.param_groups[0]["clip"] is None  # each rank would clip its own share: off by default
         saved = opt.state_dict()
         assert saved["phi_psi_sam"]["rank"] == 0
         opt.load_state_dict(saved)
