@@ -22,7 +22,9 @@ from _optim_helpers import flat_params, frobenius, tiny_mlp  # noqa: E402
 from sharpc.integrations.lightning import SharpcModule  # noqa: E402
 from sharpc.optim import optimizer_class  # noqa: E402
 
-OPTIONS = dict(rho=0.05, strength=0.5, n_samples=2, lr=0.1, momentum=0.9, seed=3)
+# clip=None: the class clips by default in one process but not across ranks (each would clip its own share),
+# and the DDP test compares the two
+OPTIONS = dict(rho=0.05, strength=0.5, n_samples=2, lr=0.1, momentum=0.9, seed=3, clip=None)
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # Lightning's hints about workers and loggers
 
 
