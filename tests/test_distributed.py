@@ -296,6 +296,7 @@ def _mismatch_worker(rank, port, out):
             except OptimizerError as error:
                 outcome[name] = str(error)
         torch.save(outcome, os.path.join(out, f"rank{rank}.pt"))
+        dist.barrier()  # rank 0 hosts the store: it must not tear it down while rank 1 still talks to it
     finally:
         dist.destroy_process_group()
 
