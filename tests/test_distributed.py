@@ -11,15 +11,13 @@ from __future__ import annotations
 import datetime
 import gc
 import os
-import socket
-import time
 import warnings
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from _ranks import run_ranks
 from _optim_helpers import PLAIN, flat_params, frobenius, make_closure, tiny_mlp
 from sharpc import OptimizerError
 from sharpc.optim import SAM, TraceSAM, optimizer_class
@@ -128,28 +126,10 @@ def _worker(rank, port, out):
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     """Every scenario on two gloo processes: a list of per-rank result dicts."""
-    out = str(tmp_path_factory.mktemp("ranks"))
-    context = mp.start_processes(_worker, args=(_free_port(), out), nprocs=WORLD, join=False,
-                                 start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not context.join(timeout=max(deadline - time.monotonic(), 0.1)):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the two-process run did not finish within {TIMEOUT_S} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.terminate()
-    return [torch.load(os.path.join(out, f"rank{r}.pt")) for r in range(WORLD)]
+    return run_ranks(_worker, tmp_path_factory.mktemp("ranks"), WORLD, TIMEOUT_S)
 
 
 def single_process(name):
@@ -303,18 +283,7 @@ def _mismatch_worker(rank, port, out):
 
 def test_ranks_built_with_different_configurations_fail_alike(tmp_path):
     """n_samples 2 on rank 0 and 3 on rank 1: a clear error on both ranks, not a hang or a silent divergence."""
-    context = mp.start_processes(_mismatch_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=False,
-                                 start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not context.join(timeout=max(deadline - time.monotonic(), 0.1)):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the two-process run did not finish within {TIMEOUT_S} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.terminate()
-    outcomes = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    outcomes = run_ranks(_mismatch_worker, tmp_path, WORLD, TIMEOUT_S)
     for outcome in outcomes:
         assert "different optimizer configurations" in outcome["mismatch"]
         assert outcome["match"] == "built"

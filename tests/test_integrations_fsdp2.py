@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
-import time
 import traceback
 import warnings
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from _optim_helpers import flat_params, frobenius, tiny_mlp, trace_sphere
+from _ranks import run_ranks
 from sharpc.optim import optimizer_class
 
 fsdp = pytest.importorskip("torch.distributed.fsdp")
@@ -83,26 +81,9 @@ def _worker(rank: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("fsdp2"))
-    context = mp.start_processes(_worker, args=(_free_port(), out), nprocs=WORLD, join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not context.join(timeout=max(deadline - time.monotonic(), 0.1)):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the two-process run did not finish within {TIMEOUT_S} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.terminate()
-    return [torch.load(os.path.join(out, f"rank{r}.pt")) for r in range(WORLD)]
+    return run_ranks(_worker, tmp_path_factory.mktemp("fsdp2"), WORLD, TIMEOUT_S)
 
 
 @pytest.mark.slow

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
-import time
 import warnings
 
 import pytest
@@ -18,6 +16,7 @@ import torch
 pl = pytest.importorskip("lightning.pytorch")
 
 from _optim_helpers import flat_params, frobenius, tiny_mlp  # noqa: E402
+from _ranks import run_ranks  # noqa: E402
 
 from sharpc.integrations.lightning import SharpcModule  # noqa: E402
 from sharpc.optim import optimizer_class  # noqa: E402
@@ -274,28 +273,9 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
     dist.all_reduce = original
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_ddp_on_two_gloo_processes_is_one_optimizer_on_the_global_batch(tmp_path):
-    import torch.multiprocessing as mp
-
-    context = mp.start_processes(_ddp_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=False,
-                                 start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not context.join(timeout=max(deadline - time.monotonic(), 0.1)):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the two-process run did not finish within {TIMEOUT_S} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.terminate()
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    ranks = run_ranks(_ddp_worker, tmp_path, WORLD, TIMEOUT_S)
     for rank in ranks:
         assert rank["mode"] == "sync" and rank["steps"] == 4
         assert rank["buckets"] == []  # DDP never all-reduced a backward of its own
