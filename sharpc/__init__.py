@@ -17,7 +17,7 @@ from .derive import REGISTRY as STRATEGIES
 from .derive import Request, derive
 from .errors import DerivationError, OptimizerError, ParseError, SharpcError
 from .measure import Domain, Measure, SampleGroup
-from .options import APPROXIMATION_RANGE, BOUND_RANGE, HALF_WIDTH_RANGE, MAX_D, check_float, check_int
+from .options import APPROXIMATION_RANGE, BOUND_RANGE, HALF_WIDTH_RANGE, LOWER_BOUND_RANGE, MAX_D, check_float, check_int
 from .parse import parse
 
 __all__ = [
@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 
 
 def compile(expression: str, *, d: int | None = None, strategy: str | None = None,
-            det_sampling: str = "lebesgue", half_width: float = 1.0,
+            det_sampling: str = "lebesgue", half_width: float = 1.0, lower_bound: float = 1.0,
             bound: float | None = None, invariant: str | None = None, force: bool = False,
             degree: int | None = None, budget: int = 16, size: int | None = None) -> Measure:  # noqa: A001
     """Parse a target in the Hessian eigenvalues ``l`` and derive its (phi, psi, mu).
@@ -38,9 +38,12 @@ def compile(expression: str, *, d: int | None = None, strategy: str | None = Non
         d: the number of eigenvalues (1 to 10**12), when it is fixed (otherwise symbolic and bound to the
             number of perturbed parameters by the optimizer).
         strategy: force one strategy by name (``sharpc.STRATEGIES``) instead of the first that applies.
-        det_sampling: ``"lebesgue"`` (exact formal measure; the optimizer samples its truncation)
-            or ``"hypercube"`` (the paper's Det-SAM: uniform on ``[-half_width, half_width]^d``).
-        half_width: the truncation half-width for determinant measures, in [1e-6, 1e6].
+        det_sampling: ``"lebesgue"`` (exact: the Lebesgue measure, sampled by importance from
+            N(0, I / lower_bound)) or ``"hypercube"`` (the paper's Det-SAM: uniform on
+            ``[-half_width, half_width]^d``, an approximation).
+        half_width: the hypercube's half-width for ``det_sampling="hypercube"``, in [1e-6, 1e6].
+        lower_bound: a stated lower bound L <= l_i on the spectrum for ``det_sampling="lebesgue"``,
+            in [1e-6, 1e6]; the importance sampler's variance is finite while every l_i > L/2.
         bound: a bound |l_i| <= bound on the spectrum, in [1e-6, 1e6]; the universality strategies need it.
         invariant: ``"scale"`` asks for a measure invariant under positive diagonal rescalings
             that leave the loss invariant (the adaptive measure mu_x = law of |x| * v).
@@ -56,6 +59,7 @@ def compile(expression: str, *, d: int | None = None, strategy: str | None = Non
     if det_sampling not in ("lebesgue", "hypercube"):
         raise SharpcError(f"det_sampling must be 'lebesgue' or 'hypercube', got {det_sampling!r}")
     half_width = check_float("half_width", half_width, *HALF_WIDTH_RANGE)
+    lower_bound = check_float("lower_bound", lower_bound, *LOWER_BOUND_RANGE)
     if invariant not in (None, "scale"):
         raise SharpcError(f"invariant must be 'scale' (or None), got {invariant!r}")
     if bound is not None:
@@ -65,7 +69,7 @@ def compile(expression: str, *, d: int | None = None, strategy: str | None = Non
             check_int(name, value, 1, APPROXIMATION_RANGE[name])
     target = parse(expression, d=d)
     request = Request(expression, target, d=d, det_sampling=det_sampling, half_width=half_width,
-                      bound=bound, force=force, degree=degree, budget=budget, size=size)
+                      lower_bound=lower_bound, bound=bound, force=force, degree=degree, budget=budget, size=size)
     measure = derive(request, strategy)
     return measure.adaptive() if invariant == "scale" else measure
 

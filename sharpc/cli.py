@@ -22,6 +22,7 @@ from .options import (
     APPROXIMATION_RANGE,
     BOUND_RANGE,
     HALF_WIDTH_RANGE,
+    LOWER_BOUND_RANGE,
     MAX_D,
     SAMPLES_RANGE,
     SEED_RANGE,
@@ -77,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
                       help=f"number of eigenvalues, 1..{MAX_D:.0e} (default: symbolic)")
     comp.add_argument("--strategy", choices=list(REGISTRY), default=None, help="force one derivation strategy")
     comp.add_argument("--det-sampling", choices=("lebesgue", "hypercube"), default="lebesgue",
-                      help="sampling for determinant measures (default: lebesgue)")
+                      help="sampling for determinant measures: lebesgue (exact, importance-sampled "
+                           "under --lower-bound; default) or hypercube (the paper's Det-SAM, approximate)")
     comp.add_argument("--bound", type=_ranged(check_float, *BOUND_RANGE), default=None,
                       help="spectrum bound |l_i| <= BOUND, in [{:g}, {:g}] (needed by the universality "
                       "strategies)".format(*BOUND_RANGE))
@@ -86,7 +88,10 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--force", action="store_true",
                       help="allow constructions above their cost limits; let --emit replace an existing file")
     comp.add_argument("--half-width", type=_ranged(check_float, *HALF_WIDTH_RANGE), default=1.0,
-                      help="hypercube/truncation half-width, in [{:g}, {:g}] (default 1)".format(*HALF_WIDTH_RANGE))
+                      help="hypercube half-width, in [{:g}, {:g}] (default 1)".format(*HALF_WIDTH_RANGE))
+    comp.add_argument("--lower-bound", type=_ranged(check_float, *LOWER_BOUND_RANGE), default=1.0,
+                      help="stated lower bound L <= l_i for the Lebesgue determinant rows, in [{:g}, {:g}] "
+                      "(default 1)".format(*LOWER_BOUND_RANGE))
     comp.add_argument("--degree", type=_ranged(check_int, 1, APPROXIMATION_RANGE["degree"]), default=None,
                       help="polynomial degree / p-norm order of approximations (default: chosen by bias and variance)")
     comp.add_argument("--budget", type=_ranged(check_int, 1, APPROXIMATION_RANGE["budget"]), default=16,
@@ -174,6 +179,7 @@ def _compile(options: argparse.Namespace) -> tuple[str, int]:
     measure = compile_measure(options.expression, d=options.d, strategy=options.strategy, bound=options.bound,
                               invariant=options.invariant, force=options.force,
                               det_sampling=options.det_sampling, half_width=options.half_width,
+                              lower_bound=options.lower_bound,
                               degree=options.degree, budget=options.budget, size=options.size)
     source = emit_module(measure, name=options.name or "SharpSAM") if options.emit else None  # bad names fail here
     report = None if options.no_verify else measure.verify(seed=options.seed, samples=options.samples,

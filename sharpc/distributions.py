@@ -80,6 +80,10 @@ class Distribution:
         """Samples v (n, d) and weights w (n,) with E[w psi(Q(v))] = integral of psi(Q) d mu."""
         raise NotImplementedError
 
+    def weights(self, rows: np.ndarray) -> np.ndarray:
+        """The weight of each row of ``sample`` (1 for a probability measure), as the optimizer computes it."""
+        return np.ones(len(rows))
+
     def closed_form(self, psi: sp.Expr) -> sp.Expr | None:
         """The integral of psi(1/2 v^T H v) d mu(v) in spectral atoms, or None if unknown."""
         return None
@@ -175,34 +179,41 @@ class Hypercube(Distribution):
 
 @dataclass(frozen=True)
 class Lebesgue(Distribution):
-    """The Lebesgue measure on R^d (not a probability measure).
+    """The Lebesgue measure on R^d (not a probability measure), sampled exactly by importance.
 
-    It cannot be sampled; the optimizer samples the hypercube [-truncation, truncation]^d
-    instead, which estimates (2 a)^(-d) times the truncated integral. The verifier uses
-    importance sampling from N(0, s^2 I) with s^2 = 1/l_min, which has finite variance for
-    exp(-Q) whenever H is positive definite.
+    v ~ N(0, I / L) carries the weight w(v) = (2 pi / L)^(d/2) exp(L |v|^2 / 2), the density
+    ratio dv / dN, so E[w psi(Q(v))] is the integral of psi(Q) dv exactly, and the optimizer
+    draws the same samples and weights (in logs: ``runtime.lebesgue_log_weight``). L is a
+    stated lower bound on the spectrum: for psi = exp(-Q) the variance is finite while every
+    l_i > L/2, and the relative variance of one sample is prod_i c_i / sqrt(2 c_i - 1) - 1,
+    c_i = l_i / L (zero at H = L I, growing exponentially in d for a spread spectrum).
     """
 
-    truncation: float = 1.0
+    lower: float = 1.0
     name: ClassVar[str] = "lebesgue"
-    #: The Lebesgue measure is SL^±(d)-invariant, but the optimizer samples the truncation cube,
-    #: which keeps only the cube's symmetries: those are the ones S actually has.
-    invariances: ClassVar[tuple[str, ...]] = Hypercube.invariances
+    #: The estimate's expectation is the Lebesgue integral itself, a function of det H.
+    invariances: ClassVar[tuple[str, ...]] = ("volume-preserving linear maps SL^±(d)",)
     probability: ClassVar[bool] = False
 
     def describe(self) -> str:
-        return f"Lebesgue(R^d), sampled on [-{self.truncation:g}, {self.truncation:g}]^d"
+        return f"Lebesgue(R^d), importance-sampled from N(0, I/{self.lower:g})"
 
     def sample(self, n, d, *, generator=None, device=None, dtype=None):
         from .runtime import sample_rows
 
-        return sample_rows("hypercube", n, d, half_width=self.truncation, generator=generator,
-                           device=device, dtype=dtype)
+        return sample_rows("importance", n, d, precision=self.lower, generator=generator, device=device, dtype=dtype)
+
+    def weights(self, rows):
+        import torch
+
+        from .runtime import lebesgue_log_weight
+
+        squared = torch.as_tensor(np.sum(np.asarray(rows, dtype=float) ** 2, axis=1))
+        return np.exp(lebesgue_log_weight(squared, rows.shape[1], self.lower).numpy())
 
     def mc_sample(self, n, d, rng, spectrum):
-        scale = 1.0 / math.sqrt(max(float(np.min(spectrum)), 1e-12))
-        v = rng.standard_normal((n, d)) * scale
-        log_w = 0.5 * d * math.log(2 * math.pi * scale**2) + 0.5 * np.sum(v**2, axis=1) / scale**2
+        v = rng.standard_normal((n, d)) / math.sqrt(self.lower)
+        log_w = 0.5 * d * math.log(2 * math.pi / self.lower) + 0.5 * self.lower * np.sum(v**2, axis=1)
         return v, np.exp(log_w)
 
     def closed_form(self, psi):

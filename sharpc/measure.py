@@ -48,7 +48,9 @@ class Domain:
         """A spread spectrum reaching 90% of the domain's finite bounds (where variance is largest)."""
         low = 0.9 * self.lower if math.isfinite(self.lower) else -1.0
         high = 0.9 * self.upper if math.isfinite(self.upper) else 1.0
-        if self.lower >= 0:
+        if self.lower > 0:  # a stated floor: the probe spans [lower, 2 lower]
+            low, high = self.lower, 2 * self.lower if math.isinf(self.upper) else high
+        elif self.lower == 0:
             low, high = max(low, 0.5), max(high, 1.5) if math.isinf(self.upper) else high
         return np.linspace(low, high, d)
 

@@ -16,8 +16,10 @@ from .errors import SharpcError
 MAX_D = 10**12
 #: |l_i| <= bound: beyond this range the universality nodes 1/(2 bound) lose all precision.
 BOUND_RANGE = (1e-6, 1e6)
-#: Half-width of the hypercube/truncation for determinant measures.
+#: Half-width of the hypercube for determinant measures (det_sampling="hypercube").
 HALF_WIDTH_RANGE = (1e-6, 1e6)
+#: The stated lower bound L on the spectrum for the Lebesgue determinant rows (importance sampler N(0, I/L)).
+LOWER_BOUND_RANGE = (1e-6, 1e6)
 #: Monte Carlo samples per case: at least 2 for a variance, at most what 5 s and 1 GiB allow.
 SAMPLES_RANGE = (2, 1_000_000)
 #: Seeds NumPy and torch both accept.

@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 import mpmath
-import numpy as np
 import sympy as sp
 
 from .distributions import Adaptive, DiracAt, Distribution, Gaussian, Lebesgue, Sphere, t
@@ -140,7 +139,7 @@ def second_moment(distribution: Distribution, psi: sp.Expr, spectrum: Sequence[f
     """E[(w psi(Q))^2] under the verifier's sampler for ``distribution`` (mc_sample), or None.
 
     For a probability measure w = 1 and this is the integral of psi^2. The Lebesgue sampler is
-    N(0, s^2 I) with s^2 = 1/l_min and w = (2 pi s^2)^(d/2) exp(|v|^2/(2 s^2)).
+    N(0, I/L) with w = (2 pi / L)^(d/2) exp(L |v|^2 / 2), L = ``distribution.lower``.
     """
     base = distribution.base if isinstance(distribution, Adaptive) else distribution
     if not isinstance(base, Lebesgue):
@@ -150,7 +149,7 @@ def second_moment(distribution: Distribution, psi: sp.Expr, spectrum: Sequence[f
         return None
     with mpmath.workdps(DIGITS):
         values = [mpmath.mpf(float(x)) for x in spectrum]
-        shift = mpmath.mpf(max(float(np.min(spectrum)), 1e-12))  # 1/s^2, as in Lebesgue.mc_sample
+        shift = mpmath.mpf(base.lower)  # the sampler's precision L, as in Lebesgue.mc_sample
         scale = (2 * mpmath.pi / shift) ** (mpmath.mpf(len(values)) / 2)
         total = mpmath.mpf(0)
         for c1, _, r1 in terms:

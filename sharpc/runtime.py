@@ -42,6 +42,7 @@ per point straight into .grad, with the perturbations regenerated from a saved g
 import contextlib
 import functools
 import hashlib
+import math
 import threading
 import warnings
 from collections.abc import Callable, Iterable
@@ -50,7 +51,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["OptimizerError", "GroupSpec", "PhiPsiSAM", "draw_", "sample_rows", "polynomial_root"]
+__all__ = ["OptimizerError", "GroupSpec", "PhiPsiSAM", "draw_", "sample_rows", "lebesgue_log_weight",
+           "polynomial_root"]
 
 
 class OptimizerError(ValueError):
@@ -69,8 +71,12 @@ class GroupSpec:
 
     kind is "gaussian" (N(0, I)), "sphere" (uniform on the unit sphere of all perturbed
     coordinates together), "hypercube" (uniform on [-half_width, half_width]^d), "point"
-    (the fixed point sum_{i in support} e_i of the flattened perturbed vector, Theorem 7) or
-    "dirac" (SAM's point mass at grad / |grad|, fixed by the clean gradient of each step).
+    (the fixed point sum_{i in support} e_i of the flattened perturbed vector, Theorem 7),
+    "dirac" (SAM's point mass at grad / |grad|, fixed by the clean gradient of each step) or
+    "importance" (the Lebesgue measure, exactly: v ~ N(0, I / precision), each sample
+    weighted by the density ratio, see ``lebesgue_log_weight``). An importance group's psi
+    and phi work in logs: psi returns log psi, phi takes log E[w psi], and its means are
+    log-mean-exps, so weights of size exp(d / 2) never overflow.
     ``adaptive`` scales every sample by |x| + eta (the adaptive measure mu_x).
     """
 
@@ -79,11 +85,17 @@ class GroupSpec:
     half_width: float = 1.0
     support: tuple = ()
     adaptive: bool = False
+    precision: float = 1.0
 
     @property
     def deterministic(self) -> bool:
         """One sample is the whole distribution: more would repeat it."""
         return self.kind in ("dirac", "point")
+
+    @property
+    def weighted(self) -> bool:
+        """Samples carry importance weights (in logs): the group's components are log-means."""
+        return self.kind == "importance"
 
     def count(self, n_samples: int) -> int:
         """Samples this group takes per step: n_samples, or one for a point mass."""
@@ -92,15 +104,17 @@ class GroupSpec:
 
 # ----------------------------------------------------------------------------- sampling
 def draw_(kind: str, tensors: list, generator: torch.Generator | None = None,
-          half_width: float = 1.0, support: tuple = ()) -> None:
+          half_width: float = 1.0, support: tuple = (), precision: float = 1.0) -> None:
     """Overwrite ``tensors``, the pieces of one vector, with a sample of the distribution."""
     if kind == "point":
         _point_(tensors, support)
-    elif kind in ("gaussian", "sphere"):
+    elif kind in ("gaussian", "sphere", "importance"):
         for v in tensors:
             v.normal_(generator=generator)
         if kind == "sphere":  # normalized over all pieces together, never per tensor
             torch._foreach_div_(tensors, _global_norm(tensors))
+        elif kind == "importance":
+            torch._foreach_mul_(tensors, precision ** -0.5)
     elif kind == "hypercube":
         for v in tensors:
             v.uniform_(-half_width, half_width, generator=generator)
@@ -108,15 +122,24 @@ def draw_(kind: str, tensors: list, generator: torch.Generator | None = None,
         raise OptimizerError(f"no sampler for the distribution kind {kind!r}")
 
 
-def sample_rows(kind: str, n: int, d: int, *, half_width: float = 1.0,
+def sample_rows(kind: str, n: int, d: int, *, half_width: float = 1.0, precision: float = 1.0,
                 generator: torch.Generator | None = None, device=None, dtype=None) -> torch.Tensor:
     """An (n, d) tensor whose rows are independent samples (what ``Distribution.sample`` returns)."""
     out = torch.empty(n, d, device=device, dtype=dtype)
     if kind == "sphere":  # each row is one vector: normalize rows, not the whole batch
         draw_("gaussian", [out], generator)
         return out.div_(torch.linalg.vector_norm(out, dim=1, keepdim=True))
-    draw_(kind, [out], generator, half_width)
+    draw_(kind, [out], generator, half_width, precision=precision)
     return out
+
+
+def lebesgue_log_weight(squared_norm: torch.Tensor, d: int, precision: float) -> torch.Tensor:
+    """log of dv / dN(0, I / precision) at |v|^2 = squared_norm: (d/2) log(2 pi / precision) + precision |v|^2 / 2.
+
+    So E[w psi(Q(v))] over v ~ N(0, I / precision) is the integral of psi(Q) over R^d, exactly.
+    For psi = exp(-Q) its variance is finite when every eigenvalue of H exceeds precision / 2.
+    """
+    return 0.5 * d * math.log(2 * math.pi / precision) + 0.5 * precision * squared_norm
 
 
 def _point_(tensors: list, support: tuple) -> None:
@@ -486,6 +509,8 @@ class _Step:
     kept: Any = None                                 # _Kept: the flat buffers of this parameter set
     weights: list = field(default_factory=list)      # memory="lean": W[group][i], the weight of g_i
     linear: list = field(default_factory=list)       # difference="control": g0 . e of each perturbed point
+    log_weight: Any = None                           # importance groups: log w of the latest sample (float64)
+    log_weights: list = field(default_factory=list)  # log w[group][i] (empty lists for unweighted groups)
     generator_before: Any = None                     # the perturbation generator's state: a failed step leaves it
     start: Any = None                                # memory="lean": the generator state before the draws
     witness: Any = None                              # hook handle counting backward passes (see _watch)
@@ -522,6 +547,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
     offset: Callable = staticmethod(lambda d, rho: torch.zeros_like(d))
     recommended: dict = {}              # the class's defaults for the hyperparameters (and "radius")
     Error: type = OptimizerError        # sharpc.optim sets sharpc.errors.OptimizerError
+    _stepping: bool = False             # inside step(): zero_grad leaves .grad to the step
 
     def __init__(self, params, base_optimizer: type = torch.optim.SGD, *, rho: float | None = None,
                  strength: float | None = None, relative: bool | None = None, n_samples: int | None = None,
@@ -648,8 +674,9 @@ class PhiPsiSAM(torch.optim.Optimizer):
     def _default_rho(self, params: list) -> float:
         """rho such that a typical perturbation |rho v| is ``radius`` times the perturbed parameters' norm.
 
-        E|v| is sqrt(d) for a Gaussian, 1 on the unit sphere and half_width sqrt(d / 3) on a
-        cube, so one relative radius means the same for every measure and model size.
+        E|v| is sqrt(d) for a Gaussian (sqrt(d / precision) for the importance sampler), 1 on the
+        unit sphere and half_width sqrt(d / 3) on a cube, so one relative radius means the same
+        for every measure and model size.
         """
         groups = [g for g in params if isinstance(g, dict)] or [{"params": params}]
         tensors = [p for g in groups if g.get("perturb", True) for p in g["params"]
@@ -659,8 +686,9 @@ class PhiPsiSAM(torch.optim.Optimizer):
             return 1.0  # the constructor refuses this below, with the reason
         norm = float(_global_norm([p.detach() for p in tensors])) or d ** 0.5
         random = [g for g in self.sample_groups if not g.deterministic]
-        kind, half_width = (random[0].kind, random[0].half_width) if random else ("sphere", 1.0)
-        typical = {"gaussian": d ** 0.5, "hypercube": half_width * (d / 3) ** 0.5}.get(kind, 1.0)
+        first = random[0] if random else GroupSpec("sphere", ())
+        typical = {"gaussian": d ** 0.5, "importance": (d / first.precision) ** 0.5,
+                   "hypercube": first.half_width * (d / 3) ** 0.5}.get(first.kind, 1.0)
         return self.recommended.get("radius", DEFAULT_RADIUS if random else POINT_RADIUS) * norm / typical
 
     def _settings(self) -> _Settings:
@@ -840,8 +868,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
 
         ``closure`` computes the loss and calls ``backward()``; it is called 1 + groups * n
         times (1 + 2 * groups * n with difference="antithetic"; memory="lean" adds one
-        loss-only call per perturbed point) and gradients are cleared before every call: it
-        must not clear them itself. Afterwards ``.grad`` holds the combined gradient the base
+        loss-only call per perturbed point) and gradients are cleared before every call (a
+        closure that calls ``zero_grad`` itself, torch's usual closure, is fine too). Afterwards ``.grad`` holds the combined gradient the base
         optimizer used (views of one buffer the next step reuses: clone what you keep) and
         ``self.sharpness`` the step's estimate of the target (at radius rho).
 
@@ -855,10 +883,17 @@ class PhiPsiSAM(torch.optim.Optimizer):
             raise self.Error("another thread is inside a sharpc optimizer step: common random numbers replay "
                              "the global RNG, so concurrent steps would draw each other's dropout masks; step "
                              "sharpc optimizers from one thread at a time")
+        self._stepping = True
         try:
             return self._step(closure)
         finally:
+            self._stepping = False
             _STEP_LOCK.release()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """As torch's, except inside a step, where the step itself clears .grad before each pass."""
+        if not self._stepping:
+            super().zero_grad(set_to_none)
 
     def _step(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
         s = self._start(self._settings())
@@ -1017,20 +1052,30 @@ class PhiPsiSAM(torch.optim.Optimizer):
         d = loss0.new_full((), s.d)  # phi and psi see d as a 0-d tensor
         torch._foreach_zero_([t for acc in kept.acc for t in acc])
         self._last_buffers = kept.kept() / sum(p.numel() for p in s.trainable)
-        deltas = []
+        deltas, running_max = [], {}
         for a, group in enumerate(self.sample_groups):
             group_deltas = []
+            s.log_weights.append([])
             for i in range(group.count(s.cfg.n_samples)):
                 s.where = f"perturbed point {i + 1} of {group.count(s.cfg.n_samples)} (sample group {a})"
                 linear = self._perturb(group, s, linear=s.cfg.difference == "control")
                 delta = self._perturbed_pass(closure, s, loss0, linear)
+                if group.weighted:
+                    s.log_weights[a].append(s.log_weight)
+                    log_psi = self.psi(delta, d)
                 for slot, weight in self._weights(a, delta, d, s.cfg):
+                    if group.weighted:  # accumulate exp(a_i - running max): rescale when the max grows
+                        exponent = s.log_weight + log_psi[slot]
+                        top = running_max.get(slot, exponent)
+                        running_max[slot] = new_top = torch.maximum(top, exponent)
+                        torch._foreach_mul_(kept.acc[slot], torch.exp(top - new_top).to(delta.dtype))
+                        weight = weight * torch.exp(exponent - new_top).to(delta.dtype)
                     for acc, direction in zip(kept.acc[slot], kept.grad):
                         acc.add_(direction) if weight is None else acc.addcmul_(direction, weight)
                 group_deltas.append(delta)
             deltas.append(torch.stack(group_deltas))
         self._back_to_x(s)
-        return (loss0, *self._combine(deltas, d, s.cfg, s.d))
+        return (loss0, *self._combine(deltas, d, s.cfg, s.d, s.log_weights))
 
     def _summed_gradient(self, s: _Step, coefficients: torch.Tensor) -> None:
         """.grad = g0 + strength * sum_slot coefficient * accumulator, averaged over ranks.
@@ -1099,8 +1144,23 @@ class PhiPsiSAM(torch.optim.Optimizer):
         before = s.backwards
         loss = self._ranks.global_loss(self._evaluate(closure))
         self._called_backward(s, before)
+        self._readopt(s, accumulate=False)
         s.losses.append(loss)
         return loss
+
+    @staticmethod
+    def _readopt(s: _Step, accumulate: bool) -> None:
+        """Make .grad views of the kept buffer again where the closure replaced them.
+
+        ``model.zero_grad()`` inside the closure sets .grad to None, and backward then
+        allocates a fresh tensor: its value is copied (one pass) or added (lean mode's
+        weighted passes accumulate) into the kept view. Costs identity checks only otherwise.
+        """
+        for p, view in zip(s.kept.graded, s.kept.grad_views):
+            if p.grad is not view:
+                if p.grad is not None:
+                    view.add_(p.grad) if accumulate else view.copy_(p.grad)
+                p.grad = view
 
     # memory="lean": losses first (forward only), then weights, then weighted backward passes.
     def _lean_losses(self, closure: Callable, s: _Step, loss0: torch.Tensor) -> tuple:
@@ -1110,9 +1170,12 @@ class PhiPsiSAM(torch.optim.Optimizer):
         s.start = self.generator.get_state()
         local, antithetic, control = [loss0], s.cfg.difference == "antithetic", s.cfg.difference == "control"
         for a, group in enumerate(self.sample_groups):
+            s.log_weights.append([])
             for i in range(group.count(s.cfg.n_samples)):
                 s.where = f"perturbed point {i + 1} of {group.count(s.cfg.n_samples)} (sample group {a})"
                 s.linear.append(self._perturb(group, s, linear=control))
+                if group.weighted:
+                    s.log_weights[a].append(s.log_weight)
                 local.append(self._forward(closure, s))
                 if antithetic:
                     self._reflect(s)
@@ -1134,10 +1197,14 @@ class PhiPsiSAM(torch.optim.Optimizer):
                     loss = (loss + next(rest)) / 2
                 group_deltas.append(self._delta(loss, loss0, next(linear), s.cfg))
             deltas.append(group_deltas)
-        sharpness, coefficients = self._combine([torch.stack(g) for g in deltas], d, s.cfg, s.d)
-        s.weights = [[sum((coefficients[slot] if w is None else coefficients[slot] * w
-                           for slot, w in self._weights(a, delta, d, s.cfg)),
-                          loss0.new_zeros(())) for delta in group_deltas] for a, group_deltas in enumerate(deltas)]
+        sharpness, coefficients = self._combine([torch.stack(g) for g in deltas], d, s.cfg, s.d, s.log_weights)
+        s.weights = []
+        for a, group_deltas in enumerate(deltas):
+            factors = self._importance(a, torch.stack(group_deltas), d, s.log_weights[a])[2]
+            s.weights.append([sum((coefficients[slot] * (1 if w is None else w)
+                                   * (factors[slot][i].to(delta.dtype) if slot in factors else 1)
+                                   for slot, w in self._weights(a, delta, d, s.cfg)), loss0.new_zeros(()))
+                              for i, delta in enumerate(group_deltas)])
         return loss0, sharpness, coefficients
 
     def _lean_gradient(self, closure: Callable, s: _Step) -> None:
@@ -1197,6 +1264,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         before = s.backwards
         self._evaluate(closure)
         self._called_backward(s, before)
+        self._readopt(s, accumulate=True)
 
     # ------------------------------------------------------------------ shared pieces
     def _reads_g0(self, cfg: _Settings) -> bool:
@@ -1232,7 +1300,10 @@ class PhiPsiSAM(torch.optim.Optimizer):
         elif group.kind == "point":  # e_i indexes the parameters flattened in order, not the buffers
             draw_("point", kept.e_views, support=group.support)
         else:
-            draw_(group.kind, e, self.generator, group.half_width)
+            draw_(group.kind, e, self.generator, group.half_width, precision=group.precision)
+            if group.weighted:  # of v itself, before |x| and rho scale it (float64: the d/2 log term is large)
+                squared = torch.stack(torch._foreach_norm(e, 2, dtype=torch.float64)).square().sum()
+                s.log_weight = lebesgue_log_weight(squared, s.d, group.precision)
         self._scale_adaptive(s, group.adaptive)
         rho = self._per_element(s, "rho")
         dot = None
@@ -1277,7 +1348,23 @@ class PhiPsiSAM(torch.optim.Optimizer):
         return [(slot, None if k == 1 else delta if k == 2 else delta ** (k - 1))  # None: weight 1
                 for slot, (a, k) in enumerate(self.power_sums) if a == group]
 
-    def _combine(self, deltas: list, d: torch.Tensor, cfg: _Settings, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _importance(self, group: int, samples: torch.Tensor, d: torch.Tensor, log_weights: list) -> tuple:
+        """For an importance group: per component, log E[w psi] (a log-mean-exp), the sum of
+        exp(a_i - max a) (the normalizer of _summed_passes' accumulators) and those terms;
+        a_i = log w_i + log psi(Delta_i). Three empty dicts for other groups."""
+        means, totals, terms = {}, {}, {}
+        if self.sample_groups[group].weighted:
+            log_psi, log_w = self.psi(samples, d), torch.stack(log_weights)
+            for c in self.sample_groups[group].components:
+                exponents = log_w + log_psi[c]
+                top = exponents.max()
+                terms[c] = torch.exp(exponents - top)
+                totals[c] = terms[c].sum()
+                means[c] = top + torch.log(totals[c]) - math.log(len(samples))
+        return means, totals, terms
+
+    def _combine(self, deltas: list, d: torch.Tensor, cfg: _Settings, dim: int,
+                 log_weights: list) -> tuple[torch.Tensor, torch.Tensor]:
         """The target estimate and each accumulator's coefficient in the final gradient (before strength).
 
         S = phi(...) estimates target = scale * S + offset, and the accumulators hold
@@ -1287,7 +1374,12 @@ class PhiPsiSAM(torch.optim.Optimizer):
         n = cfg.n_samples
         if cfg.estimator == "plugin":
             means, counts = [None] * self.m, [1] * self.m
-            for group, samples in zip(self.sample_groups, deltas):
+            for a, (group, samples) in enumerate(zip(self.sample_groups, deltas)):
+                if group.weighted:  # d log E[w psi] = sum_i exp(a_i - max a) d log psi(Delta_i) / total
+                    log_means, totals, _ = self._importance(a, samples, d, log_weights[a])
+                    for c in group.components:
+                        means[c], counts[c] = log_means[c], totals[c]
+                    continue
                 values = self.psi(samples, d)
                 for c in group.components:
                     means[c], counts[c] = values[c].mean(), len(samples)
@@ -1295,7 +1387,11 @@ class PhiPsiSAM(torch.optim.Optimizer):
             value, slopes = ((self.phi(ts, d), self.phi_grad(ts, d)) if self.derivatives == "symbolic"
                              else _value_and_grad(self.phi, ts, d))
             # (a mean over count samples: slope / count; one count for all needs no tensor)
-            slopes = slopes / (counts[0] if len(set(counts)) == 1 else slopes.new_tensor(counts))
+            if all(isinstance(c, int) for c in counts):
+                slopes = slopes / (counts[0] if len(set(counts)) == 1 else slopes.new_tensor(counts))
+            else:
+                slopes = slopes / torch.stack([torch.as_tensor(c, dtype=slopes.dtype, device=slopes.device)
+                                               for c in counts])
         else:
             sums = torch.stack([(deltas[a] ** k).sum() for a, k in self.power_sums])
             value, slopes = ((self.ustat(sums, n, d), self.ustat_grad(sums, n, d)) if self.derivatives == "symbolic"

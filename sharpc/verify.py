@@ -289,9 +289,11 @@ def _spectrum(kind: str, d: int, domain: Domain, rng: np.random.Generator) -> np
         spectrum = 1.0 + 0.01 * rng.standard_normal(d)
     else:
         spectrum = rng.uniform(0.5, 2.0, d)
+    if domain.lower > 0:  # a stated floor (the determinant's importance sampler): lift the spectrum onto it
+        spectrum = domain.lower * (1 + 0.5 * np.abs(spectrum))
     # Shrink towards zero until the spectrum sits well inside the domain's finite bounds.
     for bound in (domain.lower, domain.upper):
-        if math.isfinite(bound) and bound != 0:
+        if math.isfinite(bound) and bound != 0 and not bound == domain.lower > 0:
             same_side = spectrum * np.sign(bound) > 0
             worst = np.max(np.abs(spectrum[same_side]), initial=0.0)
             if worst > 0.5 * abs(bound):
@@ -396,8 +398,9 @@ def _draw(measure: Measure, d: int, hessian: np.ndarray, spectrum: np.ndarray, n
           rng: np.random.Generator, sampler: str = "numpy") -> np.ndarray:
     """(m, n) samples of w * psi_c(Q(v)), each group's components from the same draws of its mu.
 
-    ``sampler="torch"`` draws with ``Distribution.sample``, the optimizer's own sampling code in
-    sharpc.runtime (weight 1), instead of the verifier's NumPy samplers (``mc_sample``).
+    ``sampler="torch"`` draws with ``Distribution.sample`` and ``Distribution.weights``, the
+    optimizer's own sampling code in sharpc.runtime, instead of the verifier's NumPy samplers
+    (``mc_sample``); both draw the same law.
     """
     psi = _numeric_measure(measure, d)[0]
     values = np.empty((measure.m, n))
@@ -419,7 +422,8 @@ def _torch_rows(distribution, n: int, d: int, rng: np.random.Generator) -> tuple
     import torch  # only on request: the compile path stays torch-free
 
     generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
-    return distribution.sample(n, d, generator=generator, dtype=torch.float64).numpy(), np.ones(n)
+    rows = distribution.sample(n, d, generator=generator, dtype=torch.float64).numpy()
+    return rows, distribution.weights(rows)
 
 
 def _plug_in(measure: Measure, d: int, values: np.ndarray) -> tuple[float, float]:
@@ -562,8 +566,6 @@ def _sampler_check(measure: Measure, spectrum: np.ndarray, hessian: np.ndarray, 
     """(plug-in estimate, its delta-method std err, largest |median-of-means z| over the components).
 
     z is 0 where a component's exact variance is infinite or the sample is too small for blocks.
-    The torch sampler draws a non-probability measure (Lebesgue) from its truncation, whose
-    exact variance is unknown: there the sample variance stands in (psi = exp(-t) is bounded).
     """
     values = _draw(measure, len(spectrum), hessian, spectrum, samples, rng, sampler)
     estimate, stderr = _plug_in(measure, len(spectrum), values)
@@ -572,13 +574,10 @@ def _sampler_check(measure: Measure, spectrum: np.ndarray, hessian: np.ndarray, 
         return estimate, stderr, worst
     for c, psi in enumerate(measure.psi):
         distribution = measure.distribution_of(c)
-        if sampler == "torch" and not distribution.probability:
-            variance = float(np.var(values[c]))
-        else:
-            second = second_moment(distribution, psi, spectrum)
-            if second is None or not mpmath.isfinite(second):
-                continue
-            variance = float(second - integrals[c] ** 2)
+        second = second_moment(distribution, psi, spectrum)
+        if second is None or not mpmath.isfinite(second):
+            continue
+        variance = float(second - integrals[c] ** 2)
         used = values[c, : samples - samples % BLOCKS]
         median = float(np.median(used.reshape(BLOCKS, -1).mean(axis=1)))
         block_std = math.sqrt(max(variance, 0.0) * BLOCKS / len(used))

@@ -25,11 +25,21 @@ def test_sphere_normalizes_over_all_coordinates_and_is_isotropic():
     assert torch.allclose(second_moment, torch.eye(6, dtype=torch.float64) / 6, atol=3e-3)
 
 
-def test_hypercube_and_truncated_lebesgue_stay_in_the_box():
+def test_hypercube_stays_in_the_box():
     cube = Hypercube(0.25).sample(10_000, 3, generator=torch.Generator().manual_seed(0))
-    leb = Lebesgue(3.0).sample(10_000, 3, generator=torch.Generator().manual_seed(0))
     assert cube.abs().max() <= 0.25 and cube.abs().max() > 0.24
-    assert leb.abs().max() <= 3.0 and leb.abs().max() > 2.9
+
+
+@pytest.mark.parametrize("lower", [0.5, 2.0])
+def test_lebesgue_importance_weights_integrate_the_volume(lower):
+    """E[w 1(v in [-1, 1]^3)] is the cube's Lebesgue volume 8, and v ~ N(0, I/L)."""
+    mu = Lebesgue(lower)
+    v = mu.sample(400_000, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    w = torch.as_tensor(mu.weights(v.numpy()))
+    inside = (v.abs() <= 1).all(dim=1).double()
+    values = w * inside
+    assert abs(values.mean().item() - 8.0) < 5 * values.std().item() / len(v) ** 0.5
+    assert torch.allclose(v.T @ v / len(v), torch.eye(3, dtype=torch.float64) / lower, atol=0.02 / lower)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

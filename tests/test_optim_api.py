@@ -277,3 +277,31 @@ def test_cuda_matches_its_own_seeded_rerun_and_keeps_scalars_on_device():
         return flat_params(model)
 
     assert torch.equal(run(), run())
+
+
+@pytest.mark.parametrize("memory, clearing", [("sums", "optimizer"), ("sums", "model set_to_none"),
+                                              ("sums", "model in place"), ("lean", "optimizer"),
+                                              ("lean", "model set_to_none")])
+def test_a_closure_that_clears_gradients_itself_takes_the_same_step(memory, clearing):
+    """torch's usual closure calls zero_grad first; the step must not lose or mix its passes' gradients.
+
+    (Zeroing .grad in place inside a memory="lean" step erases the sum its weighted passes
+    accumulate there: docs/optimizer.md says so; it is not detected.)"""
+    def run(clear):
+        model, x, y = tiny_mlp(dtype=torch.float64)
+        opt = FrobSAM(model.parameters(), lr=0.1, n_samples=2, seed=0, memory=memory, clip=None)
+
+        def closure():
+            if clear:
+                {"optimizer": lambda: opt.zero_grad(), "model set_to_none": lambda: model.zero_grad(),
+                 "model in place": lambda: model.zero_grad(set_to_none=False)}[clearing]()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            if torch.is_grad_enabled():
+                loss.backward()
+            return loss
+
+        for _ in range(3):
+            opt.step(closure)
+        return flat_params(model)
+
+    torch.testing.assert_close(run(clear=True), run(clear=False), rtol=0, atol=1e-12)

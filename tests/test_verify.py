@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import sympy as sp
 
 import sharpc
-from sharpc.distributions import Gaussian, Sphere
+from sharpc.distributions import Gaussian, Hypercube, Lebesgue, Sphere
 from sharpc.measure import SampleGroup
 
 EXAMPLES = ["sum(l**2)", "sum(l)/d", "prod(1 - l/10)", "sum(l**3) - 2*sum(l)*sum(l**2)",
@@ -23,13 +24,19 @@ def test_every_issue_example_is_certified_and_passes_monte_carlo(expression):
 
 
 @pytest.mark.parametrize("expression", ["prod(l)", "sum(log(l))"])
-def test_lebesgue_rows_are_flagged_as_sampled_approximately(expression):
-    """The formal identity is proved, but the optimizer samples a truncated cube: not exact, said why."""
-    measure = sharpc.compile(expression)
-    report = measure.verify()
-    assert not measure.exact and report.certified is True and report.cases == ()
-    assert any("truncation" in a and "a^2 tr(H)/3" in a for a in measure.assumptions)
-    assert not any("SL" in g for g in measure.invariances)
+@pytest.mark.parametrize("lower", [0.25, 1.0, 3.0])
+def test_lebesgue_rows_are_exact_through_the_optimizers_sampler(expression, lower):
+    """The Lebesgue measure, importance-sampled from N(0, I/L) with the runtime's own weights."""
+    measure = sharpc.compile(expression, lower_bound=lower)
+    report = measure.verify(sampler="torch")
+    assert measure.exact and measure.domain.lower == lower
+    assert report.certified is True and report.cases and report.passed, report.table()
+    assert any("SL" in g for g in measure.invariances)
+
+
+def test_hypercube_det_sam_is_flagged_approximate_and_says_what_it_regularizes():
+    measure = sharpc.compile("prod(l)", det_sampling="hypercube")
+    assert not measure.exact and any("a^2 tr(H)/3" in a for a in measure.assumptions)
 
 
 def test_concrete_d_determinant_is_exact_through_gaussian_moments():
@@ -46,13 +53,24 @@ def test_the_optimizers_own_sampler_passes_correct_measures(expression, options)
     assert report.passed and report.cases
 
 
-def test_the_optimizers_own_sampler_exposes_the_lebesgue_truncation():
-    """Drawn by the verifier's importance sampler the formal Lebesgue identity holds; drawn the way the
-    optimizer draws (the truncation cube) it does not."""
-    formal = dataclasses.replace(sharpc.compile("prod(l)"), exact=True)
-    assert formal.verify(symbolic=False).passed
-    report = formal.verify(symbolic=False, sampler="torch")
-    assert not report.passed and min(case.z for case in report.cases) > 100
+@dataclasses.dataclass(frozen=True)
+class _TruncatedLebesgue(Lebesgue):
+    """The 0.1 optimizer's stand-in: uniform on [-1, 1]^d with the cube's volume as weight."""
+
+    def sample(self, n, d, *, generator=None, device=None, dtype=None):
+        return Hypercube(1.0).sample(n, d, generator=generator, device=device, dtype=dtype)
+
+    def weights(self, rows):
+        return np.full(len(rows), 2.0 ** rows.shape[1])
+
+
+def test_a_sampler_that_differs_from_the_formal_measure_is_caught():
+    """Drawn from a truncation of the Lebesgue measure (version 0.1's optimizer), the identity fails."""
+    measure = sharpc.compile("prod(l)")
+    truncated = dataclasses.replace(measure, groups=(SampleGroup(_TruncatedLebesgue(1.0), (0,)),))
+    report = truncated.verify(symbolic=False, sampler="torch")
+    assert measure.verify(symbolic=False, sampler="torch").passed
+    assert not report.passed and min(case.z for case in report.cases) > 10
 
 
 def test_hypercube_det_sam_measures_a_trace_at_small_half_width():

@@ -44,6 +44,7 @@ class Request:
     d: int | None = None
     det_sampling: str = "lebesgue"
     half_width: float = 1.0
+    lower_bound: float = 1.0
     bound: float | None = None
     force: bool = False
     #: Approximating strategies: a fixed polynomial degree, else the one minimizing

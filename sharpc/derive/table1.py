@@ -42,24 +42,33 @@ class Row:
 
 
 def _lebesgue_rows(request: Request) -> tuple[Row, ...]:
-    """det / log det through int exp(-Q) dv; neither is sampled exactly by the optimizer (see below)."""
-    a = request.half_width
+    """det / log det through int exp(-Q) dv = (2 pi)^(d/2) det(H)^(-1/2).
+
+    det_sampling="lebesgue" samples the Lebesgue measure exactly, by importance from
+    N(0, I/L) under the stated lower bound L on the spectrum; "hypercube" is the paper's
+    Det-SAM, which samples a cube and only approximates the identity.
+    """
     if request.det_sampling == "hypercube":
-        mu: Distribution = Hypercube(a)
+        a = request.half_width
         # E_cube[exp(-Q)] = (2a)^(-d) * (integral over the cube), and the cube integral tends to
         # (2 pi)^(d/2) det(H)^(-1/2) as a grows: an approximation, not an identity.
+        # E_cube[exp(-Q)] = 1 - a^2 tr(H)/6 + O(a^4), so phi = t^-2 gives R = 1 + a^2 tr(H)/3 + O(a^4).
+        mu: Distribution = Hypercube(a)
         scale = (2 * sp.pi) ** D / (2 * sp.Rational(str(a))) ** (2 * D)
-        sampled = f"Uniform([-{a:g}, {a:g}]^d) (the paper's Det-SAM)"
+        common = dict(domain=_POSITIVE_DEFINITE, exact=False, assumptions=(
+            "H positive definite",
+            f"the optimizer samples Uniform([-{a:g}, {a:g}]^d) (the paper's Det-SAM); its R tracks det(H) only "
+            f"when a^2 l_min >> 1: for a^2 l << 1 R - 1 = a^2 tr(H)/3 + O(a^4), a trace regularizer; on "
+            "singular H it tracks the product of the non-zero eigenvalues"))
     else:
-        mu, scale = Lebesgue(a), (2 * sp.pi) ** D
-        sampled = (f"its truncation Uniform([-{a:g}, {a:g}]^d): the Lebesgue measure itself needs importance "
-                   "weights the optimizer does not have")
-    # E_cube[exp(-Q)] = 1 - a^2 tr(H)/6 + O(a^4), so phi = t^-2 gives R = 1 + a^2 tr(H)/3 + O(a^4).
-    extra = (f"the optimizer samples {sampled}; its R tracks det(H) only when a^2 l_min >> 1: for a^2 l << 1 "
-             f"R - 1 = a^2 tr(H)/3 + O(a^4), a trace regularizer; on singular H it tracks the product of the "
-             "non-zero eigenvalues",)
-    common = dict(psi=(sp.exp(-t),), distribution=mu, domain=_POSITIVE_DEFINITE, exact=False,
-                  assumptions=("H positive definite", *extra))
+        low = request.lower_bound
+        mu, scale = Lebesgue(low), (2 * sp.pi) ** D
+        common = dict(domain=Domain(lower=low, reason=f"the stated lower bound l_i >= {low:g} (--lower-bound)"),
+                      exact=True, assumptions=(
+            f"H >= {low:g} I (the stated lower bound): the importance sampler N(0, I/{low:g}) has finite "
+            f"variance while every l_i > {low / 2:g}; one sample's relative variance is "
+            f"prod_i c_i / sqrt(2 c_i - 1) - 1 with c_i = l_i / {low:g}, exponential in d unless H is near {low:g} I",))
+    common.update(psi=(sp.exp(-t),), distribution=mu)
     why = "int exp(-Q) dv = (2 pi)^(d/2) det(H)^(-1/2) (Gaussian integral)"
     determinant = Row("determinant", EProd(lam), t1**-2, base_scale=scale, why=why, **common)
     log_determinant = Row("log-determinant", ESum(sp.log(lam)), -2 * sp.log(t1), base_scale=sp.Integer(1),

@@ -35,7 +35,8 @@ from ..measure import Measure
 from .names import check_class_name
 from .printer import PrinterError, torch_code
 
-__all__ = ["UStatistic", "unbiased_estimator", "generate", "group_specs", "emit_module", "recommended"]
+__all__ = ["UStatistic", "unbiased_estimator", "generate", "group_specs", "runtime_functions", "emit_module",
+           "recommended"]
 
 #: The sample count in U-statistic expressions.
 N = sp.Symbol("n", positive=True, integer=True)
@@ -103,37 +104,58 @@ def _power_sum(h: sp.Expr, group: int) -> sp.Expr:
 
 
 # ----------------------------------------------------------------------------- sampling
-def group_specs(measure: Measure) -> tuple[tuple[str, tuple[int, ...], float, tuple[int, ...], bool], ...]:
-    """(kind, components, half_width, support, adaptive) per sample group: runtime.GroupSpec's fields."""
+def group_specs(measure: Measure) -> tuple[dict, ...]:
+    """runtime.GroupSpec's fields (those that differ from its defaults) per sample group."""
     components = sorted(c for group in measure.groups for c in group.components)
     if measure.m == 0 or components != list(range(measure.m)):
         raise OptimizerError(f"the sample groups must cover the psi components 0..{measure.m - 1} once each, "
                              f"got {[tuple(g.components) for g in measure.groups]}")
     specs = []
     for group in measure.groups:
-        distribution, adaptive = group.distribution, isinstance(group.distribution, Adaptive)
-        if adaptive:
-            distribution = distribution.base
-        if isinstance(distribution, DiracAt):
-            specs.append(("point", tuple(group.components), 1.0, tuple(distribution.support), adaptive))
-            continue
-        kind, half_width = _sampler(distribution)
-        specs.append((kind, tuple(group.components), half_width, (), adaptive))
+        distribution = _base(group.distribution)
+        sampler = _sampler(distribution)
+        spec = dict(kind=sampler.pop("kind"), components=tuple(group.components), **sampler)
+        if isinstance(group.distribution, Adaptive):
+            spec["adaptive"] = True
+        specs.append(spec)
     return tuple(specs)
 
 
-def _sampler(distribution: Distribution) -> tuple[str, float]:
+def _base(distribution: Distribution) -> Distribution:
+    return distribution.base if isinstance(distribution, Adaptive) else distribution
+
+
+def _sampler(distribution: Distribution) -> dict:
+    if isinstance(distribution, DiracAt):
+        return dict(kind="point", support=tuple(distribution.support))
     if isinstance(distribution, Gaussian):
-        return "gaussian", 1.0
+        return dict(kind="gaussian")
     if isinstance(distribution, Sphere):
-        return "sphere", 1.0
+        return dict(kind="sphere")
     if isinstance(distribution, Hypercube):
-        return "hypercube", float(distribution.half_width)
-    if isinstance(distribution, Lebesgue):  # sampled on its truncation hypercube (see Lebesgue)
-        return "hypercube", float(distribution.truncation)
+        return dict(kind="hypercube", half_width=float(distribution.half_width))
+    if isinstance(distribution, Lebesgue):  # exactly, by importance (see Lebesgue)
+        return dict(kind="importance", precision=float(distribution.lower))
     if isinstance(distribution, Dirac):
-        return "dirac", 1.0
+        return dict(kind="dirac")
     raise OptimizerError(f"the optimizer cannot sample {distribution.describe()}")
+
+
+def runtime_functions(measure: Measure) -> tuple[sp.Expr, tuple[sp.Expr, ...]]:
+    """phi and psi as the runtime evaluates them.
+
+    An importance-weighted group (the Lebesgue measure) works in logs: its components are
+    log E[w psi], so phi receives exp(t_c) for them and psi returns log psi_c, which must be
+    linear in t (psi = c exp(r t)); the weights, of size exp(d/2), then never overflow.
+    """
+    weighted = [c for g in measure.groups if isinstance(_base(g.distribution), Lebesgue) for c in g.components]
+    psi = list(measure.psi)
+    for c in weighted:
+        psi[c] = sp.expand_log(sp.log(psi[c]), force=True)
+        if not psi[c].is_polynomial(t) or sp.degree(psi[c], t) > 1:
+            raise OptimizerError(f"the Lebesgue importance sampler needs psi = c*exp(r*t), got {sp.sstr(measure.psi[c])}")
+    phi = measure.phi.subs({measure.phi_args[c]: sp.exp(measure.phi_args[c]) for c in weighted})
+    return sp.expand_log(phi, force=True) if weighted else phi, tuple(psi)
 
 
 # ----------------------------------------------------------------------------- defaults
@@ -169,15 +191,17 @@ def generate(measure: Measure, name: str, recommended_overrides: dict | None = N
     check_class_name(name, _taken_names())
     m = measure.m
     phi_args = [s.name for s in measure.phi_args]
-    phi_code = torch_code(measure.phi, {*phi_args, "d"})
-    if not measure.phi.free_symbols & set(measure.phi_args):
+    phi, psi = runtime_functions(measure)
+    phi_code = torch_code(phi, {*phi_args, "d"})
+    if not phi.free_symbols & set(measure.phi_args):
         phi_code = f"torch.zeros_like(t1) + ({phi_code})"
-    blocks = [_function("phi", "ts, d", f"phi({', '.join(phi_args)}) = {sp.sstr(measure.phi)}",
+    logs = "" if psi == measure.psi else " (in logs for the importance-weighted components)"
+    blocks = [_function("phi", "ts, d", f"phi({', '.join(phi_args)}) = {sp.sstr(phi)}{logs}",
                         _unpack(phi_args, "ts"), phi_code)]
-    components = ", ".join(_component(c) for c in measure.psi)
+    components = ", ".join(_component(c) for c in psi)
     blocks.append(
         f"def psi(t, d):\n"
-        f"    {_docstring('psi(t) = (' + ', '.join(sp.sstr(c) for c in measure.psi) + (',)' if m == 1 else ')'))}\n"
+        f"    {_docstring('psi(t) = (' + ', '.join(sp.sstr(c) for c in psi) + (',)' if m == 1 else ')') + logs)}\n"
         f"    return torch.stack(({components}{',' if m == 1 else ''}))\n")
     ustat, unavailable = unbiased_estimator(measure)
     if ustat is not None:
@@ -193,8 +217,8 @@ def generate(measure: Measure, name: str, recommended_overrides: dict | None = N
         blocks.append(_function(name_, "d, rho", f"The target's dropped {what}: {sp.sstr(expr)}.", "",
                                 f"torch.zeros_like(d) + ({torch_code(expr, {'d', 'rho'})})"))
 
-    specs = ", ".join(f"GroupSpec({kind!r}, {components!r}, {half_width!r}, {support!r}, {adaptive!r})"
-                      for kind, components, half_width, support, adaptive in group_specs(measure))
+    specs = ", ".join("GroupSpec(" + ", ".join(f"{key}={value!r}" for key, value in spec.items()) + ")"
+                      for spec in group_specs(measure))
     dropped = "; ".join(measure.constants_dropped) or "none"
     doc = (f"(phi, psi, mu)-SAM for the sharpness target {sp.sstr(measure.target)}.\n\n"
            f"Minimizes L(x) + strength * target(x), the target estimated at radius rho as\n"
@@ -237,9 +261,10 @@ def _derivative_blocks(measure: Measure, ustat: UStatistic | None) -> list[str]:
     the runtime then differentiates phi, psi and the U-statistic by autograd.
     """
     phi_args = [s.name for s in measure.phi_args]
+    phi, psi = runtime_functions(measure)
     try:
-        phi_grads = [_printed(sp.diff(measure.phi, a), {*phi_args, "d"}, phi_args[0]) for a in measure.phi_args]
-        slopes = [_printed(sp.diff(c, t), {"t", "d"}, "t") for c in measure.psi]
+        phi_grads = [_printed(sp.diff(phi, a), {*phi_args, "d"}, phi_args[0]) for a in measure.phi_args]
+        slopes = [_printed(sp.diff(c, t), {"t", "d"}, "t") for c in psi]
         blocks = [_function("phi_grad", "ts, d", "The gradient of phi in (t1, ..., tm), differentiated by SymPy.",
                             _unpack(phi_args, "ts"), f"torch.stack(({', '.join(phi_grads)},))"),
                   _function("psi_slopes", "t, d", "d psi_l / dt for every component l, differentiated by SymPy.",
