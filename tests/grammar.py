@@ -72,6 +72,8 @@ def compile_argv(draw, emit_path: str | None = None) -> list[str]:
     if draw(st.integers(1, 5)) == 3:
         argv += _option(draw, "--half-width", ["1", "0.01", "1e6"], ["inf", "0", "-1", "1e7"])
     if draw(st.integers(1, 5)) == 3:
+        argv += _option(draw, "--lower-bound", ["1", "0.25", "1e6"], ["inf", "0", "-1", "1e7"])
+    if draw(st.integers(1, 5)) == 3:
         argv += _option(draw, "--strategy", ["table1", "mgf", "moments", "universal", "dirac", "vandermonde",
                                              "power-roots"], ["nope"])
     if draw(st.integers(1, 5)) == 3:
