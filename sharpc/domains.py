@@ -93,8 +93,11 @@ def infer_domain(target: sp.Expr, domain: Domain = ALL_REAL) -> Domain:
     for candidate in (domain, *(_intersect_or_none(domain, box) for box in _NARROWER)):
         if candidate is None:
             continue
-        outer = target.xreplace({atom: _stand_in(atom, candidate) for atom in atoms})
-        inner = [body.xreplace({lam: _eigenvalue(candidate)}) for body in bodies]
+        try:
+            outer = target.xreplace({atom: _stand_in(atom, candidate) for atom in atoms})
+            inner = [body.xreplace({lam: _eigenvalue(candidate)}) for body in bodies]
+        except (ValueError, TypeError):  # Min/Max of stand-ins SymPy cannot order: not provable here
+            continue
         if all(_problem(expr) is None for expr in (outer, *inner)):
             return candidate
     raise DerivationError(f"cannot tell on which spectra {sp.sstr(target)} is a finite real number (a log needs a "

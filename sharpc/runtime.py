@@ -318,8 +318,11 @@ class _Kept:
         self.key = (_signature(perturbed), _signature(graded), slots, stash, lean)
         self.graded = graded
         self.outer, self.inner = _Layout(perturbed), _Layout(graded)
-        self.x = self.outer.zeros()
-        self.x_views = self.outer.views(self.x)
+        # FSDP2: x holds this rank's shards, everything else is full-size (see _Shards)
+        self.sharded = any(_is_sharded(p) for p in perturbed)
+        local = _Layout([_local(p) for p in perturbed]) if self.sharded else self.outer
+        self.x = local.zeros()
+        self.x_views = local.views(self.x)
         self.grad = self.inner.zeros()
         self.grad_views = self.inner.views(self.grad)
         self.g0 = self.grad if lean else self.inner.zeros()
@@ -328,6 +331,7 @@ class _Kept:
         self.stash = self.inner.zeros() if stash and not lean else []
         self.e = self.outer.zeros() if lean else self.outer.prefixes(self.grad, self.inner)
         self.e_views = self.outer.views(self.e)
+        self.e_local = [_rows_of(v, p) for v, p in zip(self.e_views, perturbed)] if self.sharded else self.e_views
         self.g0_prefix = self.outer.prefixes(self.g0, self.inner)
         self._filled: dict = {}
 
@@ -351,6 +355,107 @@ class _Kept:
         return sum(t.numel() for t in held)
 
 
+def _local(p: torch.Tensor) -> torch.Tensor:
+    """The part of a parameter this rank holds: an FSDP2 DTensor's local shard, else the tensor."""
+    return p.to_local() if _is_sharded(p) else p
+
+
+def _is_sharded(p: torch.Tensor) -> bool:
+    return type(p).__name__ == "DTensor" and hasattr(p, "to_local")
+
+
+def _rows_of(full: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """The rows of ``full`` (shaped like p) that this rank's shard of p holds (torch.chunk on dim 0)."""
+    if not _is_sharded(p):
+        return full
+    world, rank = p.device_mesh.size(), p.device_mesh.get_local_rank()
+    start = min(rank * -(-p.shape[0] // world), p.shape[0])
+    return full[start: start + p.to_local().shape[0]]
+
+
+class _Shards:
+    """FSDP2 (``fully_shard``): parameters are DTensors sharded on dim 0, one row per rank.
+
+    A step runs every pass with FSDP's gradient sync off, so FSDP leaves each pass's full
+    (unsharded) gradient of this rank's batch on its unsharded parameter; ``take`` moves it
+    into the step's kept buffers, which stay full-size. Perturbations are drawn full-size too
+    (the same stream as one process) and only this rank's rows are written into the local
+    shards. The combined gradient crosses ranks once, as one reduce-scatter (``scatter``).
+    """
+
+    def __init__(self, model: torch.nn.Module, params: list):
+        self.model, self.params = model, params
+        self.group = params[0].device_mesh.get_group()
+        self.world = torch.distributed.get_world_size(self.group)
+        self._unsharded: dict | None = None  # id(sharded param) -> FSDPParam, once FSDP has initialized
+
+    def _fsdp_params(self) -> dict:
+        if self._unsharded is None:
+            found = {}
+            for module in self.model.modules():
+                state = module._get_fsdp_state() if hasattr(module, "_get_fsdp_state") else None
+                group = getattr(state, "_fsdp_param_group", None)
+                for fsdp_param in getattr(group, "fsdp_params", ()):
+                    found[id(fsdp_param.sharded_param)] = fsdp_param
+            if not found:
+                raise OptimizerError("parameters are DTensors, but model= is not an FSDP2 (fully_shard) module")
+            self._unsharded = found
+        return self._unsharded
+
+    def unsharded(self, p: torch.Tensor) -> torch.Tensor:
+        """The full parameter FSDP runs the forward with (its gradient lands there)."""
+        return self._fsdp_params()[id(p)].unsharded_param
+
+    def take(self, params: list) -> list:
+        """Each parameter's full gradient of the last pass (None if unreached), cleared in FSDP."""
+        grads = []
+        for p in params:
+            fsdp_param = self._fsdp_params()[id(p)]
+            grad = fsdp_param.unsharded_accumulated_grad
+            if grad is not None:
+                fsdp_param.unsharded_accumulated_grad = None
+            else:
+                grad = fsdp_param.unsharded_param.grad
+                fsdp_param.unsharded_param.grad = None
+            grads.append(grad)
+        return grads
+
+    def no_sync(self) -> contextlib.AbstractContextManager:
+        @contextlib.contextmanager
+        def off():
+            self.model.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                self.model.set_requires_gradient_sync(True)
+        return off()
+
+    def scatter(self, params: list, fulls: list) -> None:
+        """.grad = this rank's rows of the rank mean of ``fulls``: one reduce-scatter.
+
+        Rank r holds rows [r c, (r + 1) c) of each parameter, c = ceil(rows / world) (torch.chunk),
+        so each parameter is padded to world * c rows and laid out rank-major.
+        """
+        chunks = [-(-p.shape[0] // self.world) * (p.numel() // max(p.shape[0], 1)) for p in params]
+        send = fulls[0].new_zeros(self.world, sum(chunks))
+        offset = 0
+        for full, chunk in zip(fulls, chunks):
+            flat = full.reshape(-1)
+            padded = flat.new_zeros(self.world * chunk)
+            padded[: flat.numel()] = flat
+            send[:, offset: offset + chunk] = padded.view(self.world, chunk)
+            offset += chunk
+        mine = send.new_empty(sum(chunks))
+        torch.distributed.reduce_scatter_tensor(mine, send.view(-1), group=self.group)
+        mine /= self.world
+        offset = 0
+        for p, chunk in zip(params, chunks):
+            local = p.to_local()
+            shard = mine[offset: offset + local.numel()].view(local.shape).clone()
+            p.grad = type(p).from_local(shard, p.device_mesh, p.placements, shape=p.shape, stride=p.stride())
+            offset += chunk
+
+
 class _Ranks:
     """The data-parallel side of a step; with mode None every method does nothing.
 
@@ -359,9 +464,11 @@ class _Ranks:
     combined gradient. Either way gradients cross ranks once per step, averaged like DDP's.
     """
 
-    def __init__(self, mode: str | None, group: Any = None, model: torch.nn.Module | None = None):
+    def __init__(self, mode: str | None, group: Any = None, model: torch.nn.Module | None = None,
+                 shards: _Shards | None = None):
         ddp = getattr(torch.nn.parallel, "DistributedDataParallel", ())
         self.ddp = model if isinstance(model, ddp) else None
+        self.shards = shards
         if group is None and self.ddp is not None:
             group = self.ddp.process_group
         self.mode, self.group = mode, group
@@ -390,6 +497,8 @@ class _Ranks:
 
     def no_sync(self) -> contextlib.AbstractContextManager:
         """Closure calls must not make a DDP model all-reduce each backward: the step does it once."""
+        if self.shards is not None:
+            return self.shards.no_sync()
         return self.ddp.no_sync() if self.ddp is not None else contextlib.nullcontext()
 
     def _source(self) -> int:
@@ -424,7 +533,7 @@ class _Ranks:
         generator.set_state(state[0])
         if self.mode == "per-rank":
             self.split_(generator)
-        if self.ddp is None:  # DDP broadcast its parameters when it wrapped the model
+        if self.ddp is None and self.shards is None:  # DDP broadcast its parameters; FSDP holds one copy
             for p in params:
                 torch.distributed.broadcast(p.data, src=self._source(), group=self.group)
 
@@ -509,6 +618,7 @@ class _Step:
     kept: Any = None                                 # _Kept: the flat buffers of this parameter set
     weights: list = field(default_factory=list)      # memory="lean": W[group][i], the weight of g_i
     linear: list = field(default_factory=list)       # difference="control": g0 . e of each perturbed point
+    writable: list = field(default_factory=list)     # the perturbed parameters' tensors to write (FSDP2: local shards)
     log_weight: Any = None                           # importance groups: log w of the latest sample (float64)
     log_weights: list = field(default_factory=list)  # log w[group][i] (empty lists for unweighted groups)
     generator_before: Any = None                     # the perturbation generator's state: a failed step leaves it
@@ -657,11 +767,32 @@ class PhiPsiSAM(torch.optim.Optimizer):
             raise self.Error(f"the generator is on {generator.device} but the parameters are on {device}")
         self.generator = generator
         self._dimension(self._perturbed())
-        self._ranks = _Ranks(distributed, process_group, model)
+        self._ranks = _Ranks(distributed, process_group, model, self._sharding(model, distributed))
         self._ranks.agree(self._configuration(execution=True), self.Error)
         self._ranks.share_(self.generator, [p for g in self.param_groups for p in g["params"]])
         if self.derivatives != "symbolic":  # the autograd path differentiates psi by forward mode
             _load_forward_ad()
+
+    def _sharding(self, model: torch.nn.Module | None, distributed: str | None) -> _Shards | None:
+        """FSDP2 support (see _Shards), when the parameters are DTensors; what it does not cover is refused."""
+        params = [p for g in self.param_groups for p in g["params"]]
+        sharded = [p for p in params if _is_sharded(p)]
+        if not sharded:
+            return None
+        why = None
+        if len(sharded) != len(params) or not hasattr(model, "set_requires_gradient_sync"):
+            why = "pass model=<the fully_shard module> that shards every parameter given to the optimizer"
+        elif any(p.device_mesh.ndim != 1 or repr(p.placements) != "(Shard(dim=0),)" for p in sharded):
+            why = "only 1-D meshes with Shard(0) placements (fully_shard's default) are supported"
+        elif distributed != "sync":
+            why = "distributed='sync' is needed (per-rank perturbations would mix in the all-gathered parameters)"
+        elif self.memory == "lean":
+            why = "memory='lean' scales gradients by hooks on the parameters, which FSDP's backward bypasses"
+        elif any(g["adaptive"] for g in self.param_groups) or any(g.adaptive for g in self.sample_groups):
+            why = "adaptive perturbations need the full parameters"
+        if why:
+            raise self.Error(f"FSDP2 (DTensor parameters): {why}")
+        return _Shards(model, sharded)
 
     def _step_defaults(self, estimator: str, n_samples: int | None) -> dict:
         """Resolve estimator="auto" and n_samples=None, so the param groups show what a step does."""
@@ -684,7 +815,13 @@ class PhiPsiSAM(torch.optim.Optimizer):
         d = sum(p.numel() for p in tensors)
         if d == 0:
             return 1.0  # the constructor refuses this below, with the reason
-        norm = float(_global_norm([p.detach() for p in tensors])) or d ** 0.5
+        norm = _global_norm([_local(p).detach() for p in tensors])
+        sharded = [p for p in tensors if _is_sharded(p)]
+        if sharded:  # FSDP2: the local shards' squared norms, summed over the shard group
+            squared = norm.square()
+            torch.distributed.all_reduce(squared, group=sharded[0].device_mesh.get_group())
+            norm = squared.sqrt()
+        norm = float(norm) or d ** 0.5
         random = [g for g in self.sample_groups if not g.deterministic]
         first = random[0] if random else GroupSpec("sphere", ())
         typical = {"gaussian": d ** 0.5, "importance": (d / first.precision) ** 0.5,
@@ -736,6 +873,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
     def _distributed_mode(self, mode: str | None, model: torch.nn.Module | None, group: Any) -> str | None:
         """Resolve ``distributed``; "auto" warns where ranks would silently step apart."""
         ddp = isinstance(model, getattr(torch.nn.parallel, "DistributedDataParallel", ()))
+        ddp = ddp or hasattr(model, "set_requires_gradient_sync")  # FSDP2 (fully_shard) likewise
         running = torch.distributed.is_available() and torch.distributed.is_initialized()
         if mode == "auto":
             mode = "sync" if ddp else None
@@ -941,7 +1079,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
                                       self.memory == "lean")
         s = _Step(perturbed, trainable, stats, before, clean,
                   _CommonRandomNumbers({p.device for p in trainable}), self._dimension(perturbed), cfg, kept.x_views)
-        torch._foreach_copy_(s.backup, perturbed)
+        s.writable = [_local(p) for p in perturbed]
+        torch._foreach_copy_(s.backup, s.writable)
         if stats:
             torch._foreach_copy_(before, stats)
         s.generator_before = self.generator.get_state()
@@ -955,7 +1094,9 @@ class PhiPsiSAM(torch.optim.Optimizer):
         Afterwards the .grad of every parameter with a gradient is a view of the kept ``grad`` buffer.
         """
         loss0 = self._evaluate(closure)
-        s.reached = [p for p in s.trainable if p.grad is not None]
+        shards = self._ranks.shards
+        grads = shards.take(s.trainable) if shards else [p.grad for p in s.trainable]
+        s.reached = [p for p, g in zip(s.trainable, grads) if g is not None]
         if not s.reached:
             raise self.Error("the closure did not call loss.backward(): no parameter has a gradient")
         # every rank all-reduces the same layout: there, unreached parameters count as zero
@@ -972,10 +1113,12 @@ class PhiPsiSAM(torch.optim.Optimizer):
         s.backup = kept.x_views
         if len(s.reached) != len(graded):
             torch._foreach_zero_(kept.g0)
-        has_grad = [(v, p.grad) for v, p in zip(kept.g0_views, graded) if p.grad is not None]
+        grad_of = {id(p): g for p, g in zip(s.trainable, grads)}
+        has_grad = [(v, grad_of[id(p)]) for v, p in zip(kept.g0_views, graded) if grad_of.get(id(p)) is not None]
         torch._foreach_copy_([v for v, _ in has_grad], [g for _, g in has_grad])
-        for p, view in zip(graded, kept.grad_views):
-            p.grad = view
+        if not shards:  # FSDP2 keeps its own: _pass takes them from it
+            for p, view in zip(graded, kept.grad_views):
+                p.grad = view
         self._watch(s)
         s.rng.clean_pass_done()
         if s.stats:
@@ -986,7 +1129,9 @@ class PhiPsiSAM(torch.optim.Optimizer):
         """Count backward passes: a parameter the clean pass reached is reached by every pass that calls backward."""
         def counted(_: torch.Tensor) -> None:
             s.backwards += 1
-        s.witness = s.reached[0].register_post_accumulate_grad_hook(counted)
+        first = s.reached[0]
+        target = self._ranks.shards.unsharded(first) if self._ranks.shards else first
+        s.witness = target.register_post_accumulate_grad_hook(counted)
 
     def _called_backward(self, s: _Step, before: int) -> None:
         if s.backwards == before:
@@ -1101,6 +1246,9 @@ class PhiPsiSAM(torch.optim.Optimizer):
             factor = (limit / size.clamp_min(torch.finfo(size.dtype).tiny)).clamp_max(1)
             for g0, r in zip(kept.g0, regularizer):
                 g0.add_(r.mul_(factor.to(r.dtype)))
+        if self._ranks.shards:  # the step's one gradient reduce-scatter, into DTensor .grad shards
+            self._ranks.shards.scatter(kept.graded, kept.g0_views)
+            return
         self._ranks.mean_(kept.g0)  # the step's one gradient all-reduce
         torch._foreach_copy_(kept.grad, kept.g0)
         self._forget_unreached(s)
@@ -1144,7 +1292,12 @@ class PhiPsiSAM(torch.optim.Optimizer):
         before = s.backwards
         loss = self._ranks.global_loss(self._evaluate(closure))
         self._called_backward(s, before)
-        self._readopt(s, accumulate=False)
+        if self._ranks.shards:
+            has_grad = [(v, g) for v, g in zip(s.kept.grad_views, self._ranks.shards.take(s.kept.graded))
+                        if g is not None]
+            torch._foreach_copy_([v for v, _ in has_grad], [g for _, g in has_grad])
+        else:
+            self._readopt(s, accumulate=False)
         s.losses.append(loss)
         return loss
 
@@ -1307,14 +1460,20 @@ class PhiPsiSAM(torch.optim.Optimizer):
         self._scale_adaptive(s, group.adaptive)
         rho = self._per_element(s, "rho")
         dot = None
-        if linear or isinstance(rho, list):
+        if kept.sharded:  # e is the full draw, x this rank's rows: write x + e on the local rows
+            torch._foreach_mul_(e, rho)
+            dot = sum(torch.dot(a, b) for a, b in zip(e, kept.g0_prefix)) if linear else None
+            torch._foreach_copy_(s.writable, kept.x_views)
+            torch._foreach_add_(s.writable, kept.e_local)
+        elif linear or isinstance(rho, list):
             torch._foreach_mul_(e, rho)
             dot = sum(torch.dot(a, b) for a, b in zip(e, kept.g0_prefix)) if linear else None
             torch._foreach_add_(e, kept.x)
+            torch._foreach_copy_(s.writable, kept.e_views)
         else:  # x + rho v in one kernel per buffer
             for v, x in zip(e, kept.x):
                 torch.add(x, v, alpha=rho, out=v)
-        torch._foreach_copy_(s.perturbed, kept.e_views)
+            torch._foreach_copy_(s.writable, kept.e_views)
         return dot
 
     def _scale_adaptive(self, s: _Step, measure_is_adaptive: bool) -> None:
@@ -1329,13 +1488,13 @@ class PhiPsiSAM(torch.optim.Optimizer):
 
     def _reflect(self, s: _Step) -> None:
         """x + e -> x - e, with e exactly the applied offset (x + e) - x."""
-        torch._foreach_sub_(s.perturbed, s.backup)
-        torch._foreach_neg_(s.perturbed)
-        torch._foreach_add_(s.perturbed, s.backup)
+        torch._foreach_sub_(s.writable, s.backup)
+        torch._foreach_neg_(s.writable)
+        torch._foreach_add_(s.writable, s.backup)
 
     def _back_to_x(self, s: _Step) -> None:
         """x bit-exactly, with BatchNorm statistics and the global RNG as the clean pass left them."""
-        torch._foreach_copy_(s.perturbed, s.backup)
+        torch._foreach_copy_(s.writable, s.backup)
         if s.stats:
             torch._foreach_copy_(s.stats, s.stats_clean)
         s.rng.finish()
@@ -1427,7 +1586,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
 
         A retried step therefore draws the same perturbations and dropout masks.
         """
-        torch._foreach_copy_(s.perturbed, s.backup)
+        torch._foreach_copy_(s.writable, s.backup)
         if s.generator_before is not None:
             self.generator.set_state(s.generator_before)
         if s.stats:

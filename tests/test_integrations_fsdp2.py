@@ -1,11 +1,10 @@
-"""FSDP2 (torch.distributed.fsdp.fully_shard) on two gloo processes: the target semantics.
+"""FSDP2 (torch.distributed.fsdp.fully_shard) on two gloo processes, against one process.
 
-What a sharded step must do: draw on each shard exactly the coordinates the unsharded
-draw would give (so the sphere is normalized over the whole vector, across ranks), let
-FSDP reduce-scatter the gradient once per step (not after each of the 1 + n passes), and end
-where one process stepping on the global batch ends. The runtime of this version raises on
-DTensor parameters (no sharding rule for aten._foreach_copy_; the sync-mode broadcast of
-parameters), hence xfail; docs/integrations.md ("FSDP2") describes the runtime change.
+A sharded step draws on each shard exactly the coordinates the unsharded draw gives (so the
+sphere is normalized over the whole vector), reduce-scatters the gradient once per step (not
+after each of the 1 + n passes; no gradient-sized all-reduce, except SAM's one average of
+the clean gradient, which its direction needs), and ends where one process stepping on the
+global batch ends, to float64 rounding.
 """
 
 from __future__ import annotations
@@ -21,20 +20,23 @@ import torch.distributed as dist
 
 from _optim_helpers import flat_params, frobenius, tiny_mlp, trace_sphere
 from _ranks import run_ranks
-from sharpc.optim import optimizer_class
+from sharpc.optim import SAM, optimizer_class
 
 fsdp = pytest.importorskip("torch.distributed.fsdp")
 WORLD, STEPS, TIMEOUT_S, SEED = 2, 3, 120, 5
-MEASURES = {"frobenius (gaussian)": frobenius, "trace (sphere)": trace_sphere}
+CLASSES = {"frobenius (gaussian)": lambda: optimizer_class(frobenius()),
+           "trace (sphere)": lambda: optimizer_class(trace_sphere()), "SAM (dirac)": lambda: SAM}
+#: Gradient-sized all-reduces per step: SAM averages g0 once (its direction is the global gradient).
+AVERAGES_OF_G0 = {"frobenius (gaussian)": 0, "trace (sphere)": 0, "SAM (dirac)": 1}
 
 
-def run(measure, model, x, y, record, **options):
-    opt = optimizer_class(MEASURES[measure]())(model.parameters(), rho=0.05, strength=0.5, n_samples=2, lr=0.1,
-                                               momentum=0.9, seed=SEED, **options)
+def run(measure, network, x, y, record, **options):
+    opt = CLASSES[measure]()(network.parameters(), rho=0.05, strength=0.5, n_samples=2, lr=0.1,
+                                               momentum=0.9, seed=SEED, clip=None, **options)
 
     def closure():
-        record.append(full_params(model))
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        record.append(full_params(network))
+        loss = torch.nn.functional.cross_entropy(network(x), y)
         loss.backward()
         return loss
 
@@ -48,36 +50,48 @@ def full_params(model) -> torch.Tensor:
 
 
 def _worker(rank: int, port: int, out: str) -> None:
-    from torch.distributed.fsdp._fully_shard import _fsdp_param_group
-
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
                             timeout=datetime.timedelta(seconds=60))
+    # Gradient traffic, counted at the collectives: reduce-scatters (FSDP's own or the step's),
+    # and all-reduces of more than a few elements (a gradient-sized one would be an extra round).
     reduces: list[int] = []
-    original = _fsdp_param_group.foreach_reduce
+    large_all_reduces: list[int] = []
+    originals = {name: getattr(dist, name) for name in ("reduce_scatter_tensor", "reduce_scatter_single", "all_reduce")
+                 if hasattr(dist, name)}
 
-    def counting_reduce(*args, **kwargs):
-        reduces.append(1)
-        return original(*args, **kwargs)
+    def counted(name):
+        def call(*args, **kwargs):
+            if name == "all_reduce":
+                tensor = args[0] if args else kwargs["tensor"]
+                if tensor.numel() > 8:
+                    large_all_reduces.append(tensor.numel())
+            else:
+                reduces.append(1)
+            return originals[name](*args, **kwargs)
+        return call
 
-    _fsdp_param_group.foreach_reduce = counting_reduce
+    for name in originals:
+        setattr(dist, name, counted(name))
     results = {}
     _, x, y = tiny_mlp(dtype=torch.float64)
     x, y = x[16 * rank: 16 * rank + 16], y[16 * rank: 16 * rank + 16]
-    for measure in MEASURES:
+    for measure in CLASSES:
         model, _, _ = tiny_mlp(dtype=torch.float64)
         fsdp.fully_shard(model)  # one FSDP group: one gradient reduce-scatter per backward
         reduces.clear()
+        large_all_reduces.clear()
         record: list = []
         try:
             losses = run(measure, model, x, y, record, model=model, distributed="sync")
-            results[measure] = dict(params=full_params(model), losses=losses, reduces=len(reduces) / STEPS,
+            results[measure] = dict(params=full_params(model), losses=losses, reduces=len(reduces) / STEPS, large_all_reduces=len(large_all_reduces),
                                     first_perturbation=record[1] - record[0])
         except Exception:
             results[measure] = dict(error=traceback.format_exc(limit=3))
     torch.save(results, os.path.join(out, f"rank{rank}.pt"))
-    _fsdp_param_group.foreach_reduce = original
+    for name, original in originals.items():
+        setattr(dist, name, original)
     dist.destroy_process_group()
 
 
@@ -87,9 +101,7 @@ def ranks(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="the runtime has no DTensor (sharded-parameter) path yet: "
-                                        "docs/integrations.md, FSDP2")
-@pytest.mark.parametrize("measure", list(MEASURES))
+@pytest.mark.parametrize("measure", list(CLASSES))
 def test_a_sharded_step_is_the_unsharded_step_with_one_reduce_scatter(ranks, measure):
     first, second = (r[measure] for r in ranks)
     assert "error" not in first, first.get("error")
@@ -101,3 +113,4 @@ def test_a_sharded_step_is_the_unsharded_step_with_one_reduce_scatter(ranks, mea
     torch.testing.assert_close(second["params"], first["params"], rtol=0, atol=0)
     assert first["losses"] == pytest.approx(losses, rel=1e-12)
     assert first["reduces"] == second["reduces"] == 1
+    assert first["large_all_reduces"] == second["large_all_reduces"] == STEPS * AVERAGES_OF_G0[measure]
