@@ -300,6 +300,9 @@ class Adaptive(Distribution):
     def sample(self, n, d, *, generator=None, device=None, dtype=None):
         return self.base.sample(n, d, generator=generator, device=device, dtype=dtype)
 
+    def weights(self, rows):
+        return self.base.weights(rows)
+
     def mc_sample(self, n, d, rng, spectrum):
         return self.base.mc_sample(n, d, rng, spectrum)
 

@@ -34,6 +34,13 @@ def test_lebesgue_rows_are_exact_through_the_optimizers_sampler(expression, lowe
     assert any("SL" in g for g in measure.invariances)
 
 
+@pytest.mark.parametrize("expression", ["prod(l)", "sum(log(l))"])
+def test_adaptive_lebesgue_rows_are_exact_through_the_optimizers_sampler(expression):
+    """mu_x = law of |x| v keeps the base's importance weights (they are functions of v)."""
+    report = sharpc.compile(expression, invariant="scale").verify(sampler="torch")
+    assert report.cases and report.passed, report.table()
+
+
 def test_hypercube_det_sam_is_flagged_approximate_and_says_what_it_regularizes():
     measure = sharpc.compile("prod(l)", det_sampling="hypercube")
     assert not measure.exact and any("a^2 tr(H)/3" in a for a in measure.assumptions)
