@@ -187,7 +187,7 @@ def issue10(repeats: int, inner: int) -> list[tuple]:
     runs = [Run("SGD", 0, model, x, y, lambda p: torch.optim.SGD(p, **SGD), style="plain"),
             Run("FrobSAM", n, model, x, y,
                 lambda p: FrobSAM(p, n_samples=n, seed=0, rho=rho, strength=strength * rho**2, relative=False,
-                                  difference="one-sided", **SGD)),
+                                  difference="one-sided", clip=None, **SGD)),  # Algorithm 2 as written, like the peer
             Run("FROSAM structure", n, model, x, y,
                 lambda p: Algorithm3(p, n=n, seed=0, rho=rho, strength=strength, draw="per-tensor", **SGD))]
     try:
@@ -219,7 +219,7 @@ def against_frosam_deep(repeats: int, inner: int, tensors: int = 40) -> list[tup
     x, y = torch.randn(128, 32), torch.randint(0, 32, (128,))
     n, rho, strength = 4, 0.01, 0.001
     ours = Run("FrobSAM", n, model, x, y, lambda p: FrobSAM(p, n_samples=n, seed=0, rho=rho, strength=strength * rho**2,
-                                                            relative=False, difference="one-sided", **SGD))
+                                                            relative=False, difference="one-sided", clip=None, **SGD))
     paper = Run("FROSAM structure", n, model, x, y,
                 lambda p: Algorithm3(p, n=n, seed=0, rho=rho, strength=strength, draw="per-tensor", **SGD))
     measure([ours, paper], repeats, inner)
