@@ -54,11 +54,11 @@ TARGETS = {
     "fourth power sum": "sum(l**4)",
     "mixed polynomial": "sum(l**2) + sum(l)**2",
     "log-det of I + H/10": "sum(log(1 + l/10))",
-    "top eigenvalue": "max(l)",        # any d: the p-norm surrogate (strategy "surrogate")
+    "top eigenvalue": "max(l)",        # any d: the extreme eigenvector by power iteration (strategy "eigenvector")
     "sum of exp": "sum(exp(l))",       # any d: a Chebyshev approximation (strategy "chebyshev")
 }
 #: compile() options of the approximated targets: the spectrum bound, and the model size for the degree.
-COMPILE_OPTIONS = {"top eigenvalue": dict(bound=10.0, size=2410), "sum of exp": dict(bound=5.0, size=2410)}
+COMPILE_OPTIONS = {"sum of exp": dict(bound=5.0, size=2410)}
 #: The same targets in numpy, at an exact spectrum (an oracle independent of the parser).
 AT_SPECTRUM = {
     "trace": lambda ev: ev.sum(),

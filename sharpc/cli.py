@@ -219,10 +219,10 @@ def _list() -> tuple[str, int]:
     from . import compile as compile_measure
     from .catalog import CATALOG
 
-    lines = [f"{'name':<17}{'expression':<21}{'strategy':<10}{'m':>2}  description"]
+    lines = [f"{'name':<17}{'expression':<21}{'strategy':<12}{'m':>2}  description"]
     for entry in CATALOG:
         measure = compile_measure(entry.expression, **entry.options)
-        lines.append(f"{entry.name:<17}{entry.expression:<21}{measure.strategy:<10}{measure.m:>2}  "
+        lines.append(f"{entry.name:<17}{entry.expression:<21}{measure.strategy:<12}{measure.m:>2}  "
                      f"{entry.description}")
     return "\n".join(lines), EXIT_OK
 

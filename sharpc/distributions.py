@@ -265,6 +265,46 @@ class DiracAt(Distribution):
 
 
 @dataclass(frozen=True)
+class Eigenvector(Distribution):
+    """A point mass at an extreme unit eigenvector of H, tracked by power iteration.
+
+    ``which`` is "top" (max(l)), "bottom" (min(l)) or "magnitude" (the eigenvalue largest in
+    absolute value). The optimizer cannot diagonalize H: it keeps a unit vector u and, every
+    step, replaces it by the normalized sign H u + shift u, with H u read off the step's own
+    perturbed pair ((g(x + rho u) - g(x - rho u)) / (2 rho), no extra pass). Power iteration
+    converges to the eigenvector of sign H + shift I whose eigenvalue is largest in magnitude:
+    the top (bottom) one when every l_i >= -shift (<= shift). Like SAM's direction, mu depends
+    on x; Q(u) = l/2 holds once u has converged (``at_hessian`` gives the converged u).
+    """
+
+    which: str = "top"
+    shift: float = 0.0
+    name: ClassVar[str] = "eigenvector"
+    deterministic: ClassVar[bool] = True
+
+    @property
+    def sign(self) -> int:
+        return -1 if self.which == "bottom" else 1
+
+    def describe(self) -> str:
+        matrix = {"top": "H", "bottom": "-H", "magnitude": "H"}[self.which]
+        shifted = f" + {self.shift:g} I" if self.shift else ""
+        return f"delta(u), u the {self.which} eigenvector of H (power iteration on {matrix}{shifted})"
+
+    def at_hessian(self, n: int, hessian: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """n copies of the unit vector the power iteration converges to at this H, weight 1."""
+        values, vectors = np.linalg.eigh(self.sign * hessian + self.shift * np.eye(len(hessian)))
+        u = vectors[:, int(np.argmax(np.abs(values)))]
+        return np.tile(u, (n, 1)), np.ones(n)
+
+    def closed_form(self, psi):
+        from .spectral import EMax, EMin, lam
+
+        value = {"top": EMax(lam), "bottom": EMin(lam)}.get(self.which)
+        return None if value is None else psi.subs(t, value / 2)
+
+
+@dataclass(frozen=True)
 class Dirac(Distribution):
     """A point mass at the normalized gradient (SAM's ascent direction), chosen at step time."""
 

@@ -66,6 +66,8 @@ def _sign_symbol(body: sp.Expr, nonzero_sum: bool) -> sp.Symbol:
 
 def _problem(expr: sp.Expr) -> sp.Expr | None:
     """The first sub-expression whose argument is not provably in its function's domain."""
+    if expr.has(sp.I):  # SymPy already took a root or log of a provably negative argument
+        return expr
     for node in sp.preorder_traversal(expr):
         if isinstance(node, sp.log) and not node.args[0].is_positive:
             return node

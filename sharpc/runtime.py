@@ -76,7 +76,9 @@ class GroupSpec:
     "importance" (the Lebesgue measure, exactly: v ~ N(0, I / precision), each sample
     weighted by the density ratio, see ``lebesgue_log_weight``). An importance group's psi
     and phi work in logs: psi returns log psi, phi takes log E[w psi], and its means are
-    log-mean-exps, so weights of size exp(d / 2) never overflow.
+    log-mean-exps, so weights of size exp(d / 2) never overflow. "eigenvector" is a point mass
+    at a unit vector u kept across steps and moved by one power-iteration step per step,
+    u <- normalize(sign H u + shift u), with H u read off the step's own perturbed pair.
     ``adaptive`` scales every sample by |x| + eta (the adaptive measure mu_x).
     """
 
@@ -86,11 +88,13 @@ class GroupSpec:
     support: tuple = ()
     adaptive: bool = False
     precision: float = 1.0
+    shift: float = 0.0
+    sign: int = 1
 
     @property
     def deterministic(self) -> bool:
         """One sample is the whole distribution: more would repeat it."""
-        return self.kind in ("dirac", "point")
+        return self.kind in ("dirac", "point", "eigenvector")
 
     @property
     def weighted(self) -> bool:
@@ -456,6 +460,54 @@ class _Shards:
             offset += chunk
 
 
+class _PowerIteration:
+    """The unit vector u of an "eigenvector" sample group, kept across steps (one per optimizer).
+
+    Each step proposes sign H u + shift u from its perturbed pair (``propose``); a step that
+    goes through makes it, normalized, the next u (``commit``: averaged over ranks first, since
+    each rank's H u comes from its own batch). It starts as a random unit vector.
+    """
+
+    def __init__(self) -> None:
+        self.u: list | None = None
+        self.pending: list | None = None
+        self.proposed = False
+
+    def vector(self, kept: _Kept, generator: torch.Generator) -> list:
+        shapes = [t.shape for t in kept.e]
+        if self.u is None or [t.shape for t in self.u] != shapes:
+            self.u = [torch.empty_like(t) for t in kept.e]
+            draw_("sphere", self.u, generator)
+            self.pending = [torch.empty_like(t) for t in kept.e]
+        return self.u
+
+    def propose(self, kept: _Kept, plus: list, minus: list | None, step: float, group: GroupSpec) -> None:
+        """pending = sign (plus - minus) / step + shift u over the perturbed prefix (minus None: plus alone)."""
+        torch._foreach_copy_(self.pending, kept.outer.prefixes(plus, kept.inner))
+        if minus is not None:
+            torch._foreach_sub_(self.pending, kept.outer.prefixes(minus, kept.inner))
+        torch._foreach_mul_(self.pending, group.sign / step)
+        if group.shift:
+            torch._foreach_add_(self.pending, self.u, alpha=group.shift)
+        self.proposed = True
+
+    def commit(self, ranks: "_Ranks") -> None:
+        if not self.proposed:
+            return
+        if ranks.sync:
+            ranks.mean_(self.pending)
+        norm = _global_norm(self.pending)
+        torch._foreach_div_(self.pending, norm.clamp_min(torch.finfo(norm.dtype).tiny))
+        self.u, self.pending, self.proposed = self.pending, self.u, False
+
+    def state(self) -> list | None:
+        return None if self.u is None else [t.clone() for t in self.u]
+
+    def load(self, u: list | None) -> None:
+        self.u = None if u is None else [t.clone() for t in u]
+        self.pending = None if u is None else [torch.empty_like(t) for t in u]
+
+
 class _Ranks:
     """The data-parallel side of a step; with mode None every method does nothing.
 
@@ -731,6 +783,12 @@ class PhiPsiSAM(torch.optim.Optimizer):
             raise self.Error(f"memory must be 'sums' or 'lean', got {memory!r}")
         if memory == "lean" and sum(g.kind == "dirac" for g in self.sample_groups) > 1:
             raise self.Error("memory='lean' supports at most one Dirac sample group (each one needs g0 kept)")
+        if any(g.kind == "eigenvector" for g in self.sample_groups):
+            if memory == "lean":
+                raise self.Error("memory='lean' cannot track an eigenvector: power iteration needs each "
+                                 "perturbed pass's gradient, which lean mode never holds; use memory='sums'")
+            if adaptive or any(g.adaptive for g in self.sample_groups):
+                raise self.Error("adaptive perturbations are not supported with an eigenvector measure")
         distributed = self._distributed_mode(distributed, model, process_group)
         if clip == "recommended":  # None is a value here (never clip). The class's clip needs the whole
             # regularizer in a buffer, which lean mode does not keep, and ranks would each clip their own share
@@ -754,6 +812,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         self.sharpness: torch.Tensor | None = None
         self.skipped_steps = 0
         self._magnitude = _RunningMean()
+        self._power = _PowerIteration()
         self._last_buffers: float | None = None
         self._kept: _Kept | None = None           # flat buffers, kept while the parameter set is unchanged
         self._stats_kept: tuple | None = None     # kept copies of the running statistics
@@ -951,7 +1010,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
     def state_dict(self) -> dict:
         state = self.base_optimizer.state_dict()
         state["phi_psi_sam"] = {"generator_state": self.generator.get_state(), "configuration": self._configuration(),
-                                "skipped_steps": self.skipped_steps, "magnitude": self._magnitude.state()}
+                                "skipped_steps": self.skipped_steps, "magnitude": self._magnitude.state(),
+                                "eigenvector": self._power.state()}
         if self._ranks.mode == "per-rank":
             state["phi_psi_sam"]["rank"] = self._ranks.rank
         return state
@@ -973,6 +1033,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         self.generator.set_state(ours["generator_state"])
         self.skipped_steps = ours["skipped_steps"]
         self._magnitude.load(ours["magnitude"])
+        self._power.load(ours.get("eigenvector"))
         if self._ranks.mode == "per-rank" and ours.get("rank") != self._ranks.rank:
             self._ranks.split_(self.generator)
 
@@ -1044,6 +1105,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
             if not finite:
                 return self._skip(s, loss0)
             self._magnitude.commit()
+            self._power.commit(self._ranks)
             if lean:
                 self._lean_gradient(closure, s)
             else:
@@ -1204,7 +1266,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
             for i in range(group.count(s.cfg.n_samples)):
                 s.where = f"perturbed point {i + 1} of {group.count(s.cfg.n_samples)} (sample group {a})"
                 linear = self._perturb(group, s, linear=s.cfg.difference == "control")
-                delta = self._perturbed_pass(closure, s, loss0, linear)
+                delta = self._perturbed_pass(closure, s, loss0, linear, group)
                 if group.weighted:
                     s.log_weights[a].append(s.log_weight)
                     log_psi = self.psi(delta, d)
@@ -1266,7 +1328,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         return s.kept.per_element(key, [value_of[id(p)] for p in (s.perturbed if outer else s.kept.graded)], outer)
 
     def _perturbed_pass(self, closure: Callable, s: _Step, loss0: torch.Tensor,
-                        linear: torch.Tensor | None) -> torch.Tensor:
+                        linear: torch.Tensor | None, group: GroupSpec) -> torch.Tensor:
         """Delta of one sample; its direction grad Delta * rho**2 is left in the kept ``grad``."""
         kept = s.kept
         loss = self._pass(closure, s)
@@ -1274,9 +1336,15 @@ class PhiPsiSAM(torch.optim.Optimizer):
             torch._foreach_copy_(kept.stash, kept.grad)
             self._reflect(s)
             loss = (loss + self._pass(closure, s)) / 2
+            if group.kind == "eigenvector":  # H u ~ (g(x + rho u) - g(x - rho u)) / (2 rho)
+                self._power.propose(kept, kept.stash, kept.grad, 2 * s.cfg.rho, group)
             torch._foreach_add_(kept.grad, kept.stash)
             torch._foreach_mul_(kept.grad, 0.5)
-        torch._foreach_sub_(kept.grad, kept.g0)
+            torch._foreach_sub_(kept.grad, kept.g0)
+        else:
+            torch._foreach_sub_(kept.grad, kept.g0)
+            if group.kind == "eigenvector":  # H u ~ (g(x + rho u) - g(x)) / rho
+                self._power.propose(kept, kept.grad, None, s.cfg.rho, group)
         return self._delta(loss, loss0, linear, s.cfg)
 
     @staticmethod
@@ -1452,6 +1520,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
             torch._foreach_div_(e, _global_norm(e).clamp_min(torch.finfo(e[0].dtype).tiny))
         elif group.kind == "point":  # e_i indexes the parameters flattened in order, not the buffers
             draw_("point", kept.e_views, support=group.support)
+        elif group.kind == "eigenvector":
+            torch._foreach_copy_(e, self._power.vector(kept, self.generator))
         else:
             draw_(group.kind, e, self.generator, group.half_width, precision=group.precision)
             if group.weighted:  # of v itself, before |x| and rho scale it (float64: the d/2 log term is large)
@@ -1594,3 +1664,4 @@ class PhiPsiSAM(torch.optim.Optimizer):
         for p in s.trainable:
             p.grad = None
         s.rng.finish()
+        self._power.proposed = False

@@ -173,6 +173,7 @@ def certify(measure: Measure) -> tuple[str, bool | None]:
     value = measure.scale * measure.phi.xreplace(dict(zip(measure.phi_args, integrals))) + measure.offset
     # An approximation is exact for its approximant (the target is met within error_bound).
     difference = value - (measure.target if measure.approximant is None else measure.approximant)
+    difference = difference.xreplace({Eig(0): EMax(lam), Eig(-1): EMin(lam)})  # l[0] is max(l), l[-1] min(l)
     if expanded_terms(difference, MAX_CERTIFICATE_TERMS) > MAX_CERTIFICATE_TERMS:
         return (f"not attempted: phi at the closed-form integrals expands to over {MAX_CERTIFICATE_TERMS} terms "
                 "(the limit that keeps verification under a few seconds)"), None
@@ -407,7 +408,9 @@ def _draw(measure: Measure, d: int, hessian: np.ndarray, spectrum: np.ndarray, n
     for group in measure.groups:
         for start in range(0, n, _CHUNK):  # bounded memory: --samples 10**6 at d = 64 is 0.5 GB per array
             size = min(_CHUNK, n - start)
-            if sampler == "torch":
+            if hasattr(group.distribution, "at_hessian"):  # mu depends on H: the point the optimizer converges to
+                v, weights = group.distribution.at_hessian(size, hessian)
+            elif sampler == "torch":
                 v, weights = _torch_rows(group.distribution, size, d, rng)
             else:
                 v, weights = group.distribution.mc_sample(size, d, rng, spectrum)

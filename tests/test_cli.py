@@ -50,7 +50,7 @@ def test_json_is_one_object_with_the_derivation_and_verification(capsys):
 
 
 @pytest.mark.parametrize("expression", [
-    "__import__('os').system('echo pwned')", "l**(9**9**9)", "sum(l", "l", "max(l)", "x + 1", "",
+    "__import__('os').system('echo pwned')", "l**(9**9**9)", "sum(l", "l", "max(l)**2", "x + 1", "",
 ])
 def test_bad_input_exits_2_with_one_line_and_no_traceback(capsys, expression):
     code, out, err = run(capsys, "compile", expression)

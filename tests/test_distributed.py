@@ -17,8 +17,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from _ranks import run_ranks
+import sharpc
 from _optim_helpers import PLAIN, flat_params, frobenius, make_closure, tiny_mlp
+from _ranks import run_ranks
 from sharpc import OptimizerError
 from sharpc.optim import SAM, TraceSAM, optimizer_class
 
@@ -37,6 +38,8 @@ SCENARIOS = {  # name: (optimizer class, options)
     "trace_control": (lambda: TraceSAM, dict(rho=0.05, n_samples=2, **{**PLAIN, "difference": "control"},
                                              strength=1e-5)),
     "per_rank": (lambda: optimizer_class(frobenius()), dict(FROB, distributed="per-rank")),
+    "top_eigenvector": (lambda: sharpc.compile("max(l)").optimizer_class(),
+                        dict(rho=0.05, strength=1e-3, **{**PLAIN, "difference": "antithetic"})),
 }
 
 
@@ -143,7 +146,7 @@ def single_process(name):
 # ----------------------------------------------------------------------------- sync mode
 @pytest.mark.slow  # the two-process fixture: ~15-25 s of spawning on 2 cores
 @pytest.mark.parametrize("name", ["frob", "frob_ddp", "frob_lean", "sam", "sam_lean_ddp", "trace_antithetic",
-                                  "trace_control"])
+                                  "trace_control", "top_eigenvector"])
 def test_sync_ranks_agree_with_one_process_on_the_global_batch(ranks, name):
     first, second = (r[name] for r in ranks)
     assert first["mode"] == second["mode"] == "sync"
@@ -165,6 +168,7 @@ def test_sync_ranks_agree_with_one_process_on_the_global_batch(ranks, name):
     ("trace_antithetic", 1, 5),  # 1 + 2 n passes
     ("trace_control", 2, 3),     # the control variate reads the global g0: one more gradient all-reduce
     ("per_rank", 1, 1),          # loss0, R and the finiteness verdict in one scalar all-reduce
+    ("top_eigenvector", 2, 3),   # the power iteration's H u is averaged too: one more vector all-reduce
 ])
 def test_all_reduces_per_step(ranks, name, gradient, scalar):
     for rank in ranks:

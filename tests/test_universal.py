@@ -53,15 +53,15 @@ def test_missing_d_or_bound_is_named(missing):
         sharpc.compile("max(l)", strategy="universal", **missing)
 
 
-def test_d_above_the_limit_is_refused_by_theorem6_and_routed_to_the_surrogate():
+def test_d_above_the_limit_is_refused_by_theorem6_and_routed_to_the_eigenvector():
     with pytest.raises(sharpc.DerivationError, match="exceeds the limit"):
         sharpc.compile("max(l)", d=20, bound=1, strategy="universal")
-    assert sharpc.compile("max(l)", d=20, bound=1).strategy == "surrogate"
+    assert sharpc.compile("max(l)", d=20, bound=1).strategy == "eigenvector"
 
 
 def test_without_a_bound_the_reasons_name_bound():
     with pytest.raises(sharpc.DerivationError, match="surrogates need --bound"):
-        sharpc.compile("max(l)")
+        sharpc.compile("max(l)**2")
 
 
 def test_nodes_are_distinct_nonzero_and_inside_the_finite_variance_interval():

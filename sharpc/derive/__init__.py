@@ -116,11 +116,11 @@ def make_measure(request: Request, **fields) -> Measure:
 
 
 # The strategies import the helpers above.
-from . import chebyshev, matrix, mgf, moments, surrogate, table1, universal  # noqa: E402
+from . import chebyshev, eigenvector, matrix, mgf, moments, surrogate, table1, universal  # noqa: E402
 
 #: Strategies in the order ``compile`` tries them.
 REGISTRY: dict[str, Strategy] = {
-    entry.name: entry for module in (matrix, table1, mgf, moments, universal, chebyshev, surrogate)
+    entry.name: entry for module in (matrix, table1, mgf, moments, universal, eigenvector, chebyshev, surrogate)
     for entry in module.STRATEGIES
 }
 

@@ -29,7 +29,8 @@ from math import factorial, prod
 import sympy as sp
 from sympy.utilities.iterables import multiset_partitions
 
-from ..distributions import Adaptive, Dirac, DiracAt, Distribution, Gaussian, Hypercube, Lebesgue, Sphere, t
+from ..distributions import (Adaptive, Dirac, DiracAt, Distribution, Eigenvector, Gaussian, Hypercube, Lebesgue,
+                             Sphere, t)
 from ..errors import OptimizerError
 from ..measure import Measure
 from .names import check_class_name
@@ -138,6 +139,8 @@ def _sampler(distribution: Distribution) -> dict:
         return dict(kind="importance", precision=float(distribution.lower))
     if isinstance(distribution, Dirac):
         return dict(kind="dirac")
+    if isinstance(distribution, Eigenvector):
+        return dict(kind="eigenvector", shift=float(distribution.shift), sign=distribution.sign)
     raise OptimizerError(f"the optimizer cannot sample {distribution.describe()}")
 
 
@@ -171,12 +174,14 @@ def recommended(measure: Measure) -> dict:
     strength is relative (per unit of the target's running magnitude), so one value serves
     every target and model size; it is divided by the target's degree k in the eigenvalues,
     since grad log sum(l**k) grows like k. rho is left to the runtime, which makes |rho v| a
-    fixed fraction of the parameters' norm. Random measures take antithetic differences,
+    fixed fraction of the parameters' norm. Random and eigenvector measures take antithetic differences,
     which cancel the term g.v / rho that one-sided differences feed into psi.
     """
-    random = any(not g.distribution.deterministic for g in measure.groups)
+    # antithetic pairs also give the power iteration H u without the gradient's term g / rho
+    paired = any(not g.distribution.deterministic or isinstance(_base(g.distribution), Eigenvector)
+                 for g in measure.groups)
     return dict(strength=RELATIVE_STRENGTH / _degree(measure), relative=True,
-                difference="antithetic" if random else "one-sided", clip=CLIP)
+                difference="antithetic" if paired else "one-sided", clip=CLIP)
 
 
 def _degree(measure: Measure) -> int:
