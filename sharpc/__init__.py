@@ -17,7 +17,15 @@ from .derive import REGISTRY as STRATEGIES
 from .derive import Request, derive
 from .errors import DerivationError, OptimizerError, ParseError, SharpcError
 from .measure import Domain, Measure, SampleGroup
-from .options import APPROXIMATION_RANGE, BOUND_RANGE, HALF_WIDTH_RANGE, LOWER_BOUND_RANGE, MAX_D, check_float, check_int
+from .options import (
+    APPROXIMATION_RANGE,
+    BOUND_RANGE,
+    HALF_WIDTH_RANGE,
+    LOWER_BOUND_RANGE,
+    MAX_D,
+    check_float,
+    check_int,
+)
 from .parse import parse
 
 __all__ = [

@@ -1068,7 +1068,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
         ``closure`` computes the loss and calls ``backward()``; it is called 1 + groups * n
         times (1 + 2 * groups * n with difference="antithetic"; memory="lean" adds one
         loss-only call per perturbed point) and gradients are cleared before every call (a
-        closure that calls ``zero_grad`` itself, torch's usual closure, is fine too). Afterwards ``.grad`` holds the combined gradient the base
+        closure that calls ``zero_grad`` itself, torch's usual closure, is fine too).
+        Afterwards ``.grad`` holds the combined gradient the base
         optimizer used (views of one buffer the next step reuses: clone what you keep) and
         ``self.sharpness`` the step's estimate of the target (at radius rho).
 

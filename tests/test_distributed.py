@@ -16,10 +16,10 @@ import warnings
 import pytest
 import torch
 import torch.distributed as dist
-
-import sharpc
 from _optim_helpers import PLAIN, flat_params, frobenius, make_closure, tiny_mlp
 from _ranks import run_ranks
+
+import sharpc
 from sharpc import OptimizerError
 from sharpc.optim import SAM, TraceSAM, optimizer_class
 

@@ -17,9 +17,9 @@ import warnings
 import pytest
 import torch
 import torch.distributed as dist
-
 from _optim_helpers import flat_params, frobenius, tiny_mlp, trace_sphere
 from _ranks import run_ranks
+
 from sharpc.optim import SAM, optimizer_class
 
 fsdp = pytest.importorskip("torch.distributed.fsdp")
@@ -85,8 +85,8 @@ def _worker(rank: int, port: int, out: str) -> None:
         record: list = []
         try:
             losses = run(measure, model, x, y, record, model=model, distributed="sync")
-            results[measure] = dict(params=full_params(model), losses=losses, reduces=len(reduces) / STEPS, large_all_reduces=len(large_all_reduces),
-                                    first_perturbation=record[1] - record[0])
+            results[measure] = dict(params=full_params(model), losses=losses, reduces=len(reduces) / STEPS,
+                                    large_all_reduces=len(large_all_reduces), first_perturbation=record[1] - record[0])
         except Exception:
             results[measure] = dict(error=traceback.format_exc(limit=3))
     torch.save(results, os.path.join(out, f"rank{rank}.pt"))

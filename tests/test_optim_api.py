@@ -8,11 +8,11 @@ import io
 
 import pytest
 import torch
+from _optim_helpers import flat_params, frobenius, make_closure, tiny_mlp
 
 import sharpc
-from _optim_helpers import flat_params, frobenius, make_closure, tiny_mlp
 from sharpc import OptimizerError, optim
-from sharpc.optim import DetSAM, FrobSAM, SAM, TraceSAM, optimizer_class
+from sharpc.optim import SAM, DetSAM, FrobSAM, TraceSAM, optimizer_class
 
 
 def train(opt, closure, steps):

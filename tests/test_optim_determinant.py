@@ -16,9 +16,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from _optim_helpers import PLAIN, Quadratic, mean_and_se, symmetric
 
 import sharpc
-from _optim_helpers import PLAIN, Quadratic, mean_and_se, symmetric
 from sharpc.spectral import D as dimension
 
 D, LOWER, RHO, STRENGTH, N = 120, 1.0, 0.05, 0.3, 6

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import sympy as sp
 import torch
+from _optim_helpers import PLAIN, Quadratic, symmetric, tiny_mlp
 
 import sharpc
-from _optim_helpers import PLAIN, Quadratic, symmetric, tiny_mlp
 from sharpc import OptimizerError
 
 MIXED = np.array([1.5, 0.7, 0.4, -0.3, 0.05])      # the top eigenvalue is also the largest in magnitude

@@ -28,7 +28,7 @@ from ..domains import infer_domain
 from ..errors import DerivationError
 from ..limits import MAX_PHI_TERMS, expanded_terms
 from ..measure import Measure
-from ..spectral import is_matrix_target, reductions, substitute_d
+from ..spectral import Eig, EMax, EMin, is_matrix_target, lam, reductions, substitute_d
 
 
 class Decline(Exception):
@@ -78,6 +78,21 @@ def affine_in(target: sp.Expr, atom: sp.Expr) -> tuple[sp.Expr, sp.Expr] | None:
     if slope.has(y) or slope == 0:
         return None
     return slope, sp.expand(replaced.subs(y, 0))
+
+
+def extremes_as_reductions(request: Request, refusal: str) -> sp.Expr:
+    """The target with l[0] written max(l) and l[-1] (l[d-1]) min(l); another l[k] is declined
+    with ``refusal`` (it may name k)."""
+    target = request.target
+    for eig in target.atoms(Eig):
+        k = int(eig.args[0])
+        if k == 0:
+            target = target.xreplace({eig: EMax(lam)})
+        elif k == -1 or (request.d is not None and k == request.d - 1):
+            target = target.xreplace({eig: EMin(lam)})
+        else:
+            raise Decline(refusal.format(k=k))
+    return target
 
 
 def sign_of(factor: sp.Expr) -> int:

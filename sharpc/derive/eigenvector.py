@@ -21,7 +21,7 @@ import sympy as sp
 from ..distributions import Eigenvector, t
 from ..measure import Domain, SampleGroup, phi_symbols
 from ..spectral import Eig, EMax, EMin, lam, reductions
-from . import Decline, Request, Strategy, affine_in, make_measure, relation, sign_of
+from . import Decline, Request, Strategy, affine_in, extremes_as_reductions, make_measure, relation, sign_of
 
 NAME = "eigenvector"
 SUMMARY = "max(l), min(l), max(abs(l)) for any d: a point mass at the extreme eigenvector (power iteration)"
@@ -31,15 +31,8 @@ SUMMARY = "max(l), min(l), max(abs(l)) for any d: a point mass at the extreme ei
 
 def _extreme(request: Request) -> tuple[str, sp.Expr, sp.Expr]:
     """(which, c, k) with target = c * extreme + k."""
-    target = request.target
-    for eig in target.atoms(Eig):
-        k = int(eig.args[0])
-        if k == 0:
-            target = target.xreplace({eig: EMax(lam)})
-        elif k == -1 or (request.d is not None and k == request.d - 1):
-            target = target.xreplace({eig: EMin(lam)})
-        else:
-            raise Decline(f"l[{k}] is not an extreme eigenvalue (only l[0] = max(l) and l[-1] = min(l))")
+    target = extremes_as_reductions(request, "l[{k}] is not an extreme eigenvalue (only l[0] = max(l) and "
+                                             "l[-1] = min(l))")
     atoms = reductions(target)
     if len(atoms) != 1:
         raise Decline("not c * max(l) + k, c * min(l) + k or c * max(abs(l)) + k")

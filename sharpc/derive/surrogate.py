@@ -22,7 +22,7 @@ import sympy as sp
 from ..cumulants import linear_estimator_variance
 from ..measure import Domain, Measure
 from ..spectral import D, Eig, EMax, EMin, ESum, lam, reductions
-from . import Decline, Request, Strategy, affine_in, moments
+from . import Decline, Request, Strategy, affine_in, extremes_as_reductions, moments
 from .chebyshev import DEFAULT_SIZE, power_sum_weights
 
 NAME = "surrogate"
@@ -58,16 +58,8 @@ class Norm:
 
 def _norm(request: Request) -> tuple[sp.Expr, sp.Expr, Norm]:
     """(c, k, norm) with target = c * max(body) + k."""
-    target = request.target
-    for eig in target.atoms(Eig):
-        k = int(eig.args[0])
-        if k == 0:
-            target = target.xreplace({eig: EMax(lam)})
-        elif k == -1 or (request.d is not None and k == request.d - 1):
-            target = target.xreplace({eig: EMin(lam)})
-        else:
-            raise Decline(f"l[{k}] has no surrogate (only l[0] = max(l) and l[-1] = min(l)); "
-                          "it needs Theorem 6 with --d at most 8 and --bound")
+    target = extremes_as_reductions(request, "l[{k}] has no surrogate (only l[0] = max(l) and l[-1] = min(l)); "
+                                             "it needs Theorem 6 with --d at most 8 and --bound")
     atoms = reductions(target)
     if len(atoms) != 1 or not isinstance(next(iter(atoms)), (EMax, EMin)):
         raise Decline("not c * max(l) + k, c * min(l) + k or c * max(abs(l)) + k")

@@ -29,8 +29,18 @@ from math import factorial, prod
 import sympy as sp
 from sympy.utilities.iterables import multiset_partitions
 
-from ..distributions import (Adaptive, Dirac, DiracAt, Distribution, Eigenvector, Gaussian, Hypercube, Lebesgue,
-                             Sphere, t)
+from ..distributions import (
+    Adaptive,
+    Dirac,
+    DiracAt,
+    Distribution,
+    Eigenvector,
+    Gaussian,
+    Hypercube,
+    Lebesgue,
+    Sphere,
+    t,
+)
 from ..errors import OptimizerError
 from ..measure import Measure
 from .names import check_class_name
@@ -156,7 +166,8 @@ def runtime_functions(measure: Measure) -> tuple[sp.Expr, tuple[sp.Expr, ...]]:
     for c in weighted:
         psi[c] = sp.expand_log(sp.log(psi[c]), force=True)
         if not psi[c].is_polynomial(t) or sp.degree(psi[c], t) > 1:
-            raise OptimizerError(f"the Lebesgue importance sampler needs psi = c*exp(r*t), got {sp.sstr(measure.psi[c])}")
+            raise OptimizerError("the Lebesgue importance sampler needs psi = c*exp(r*t), "
+                                 f"got {sp.sstr(measure.psi[c])}")
     phi = measure.phi.subs({measure.phi_args[c]: sp.exp(measure.phi_args[c]) for c in weighted})
     return sp.expand_log(phi, force=True) if weighted else phi, tuple(psi)
 
