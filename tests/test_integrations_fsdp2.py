@@ -20,14 +20,19 @@ import torch.distributed as dist
 from _optim_helpers import flat_params, frobenius, tiny_mlp, trace_sphere
 from _ranks import run_ranks
 
+import sharpc
 from sharpc.optim import SAM, optimizer_class
 
 fsdp = pytest.importorskip("torch.distributed.fsdp")
 WORLD, STEPS, TIMEOUT_S, SEED = 2, 3, 120, 5
 CLASSES = {"frobenius (gaussian)": lambda: optimizer_class(frobenius()),
-           "trace (sphere)": lambda: optimizer_class(trace_sphere()), "SAM (dirac)": lambda: SAM}
-#: Gradient-sized all-reduces per step: SAM averages g0 once (its direction is the global gradient).
-AVERAGES_OF_G0 = {"frobenius (gaussian)": 0, "trace (sphere)": 0, "SAM (dirac)": 1}
+           "trace (sphere)": lambda: optimizer_class(trace_sphere()), "SAM (dirac)": lambda: SAM,
+           "top eigenvalue (power iteration)": lambda: sharpc.compile("max(l)").optimizer_class(),
+           "log-determinant (importance)": lambda: sharpc.compile("sum(log(l))").optimizer_class()}
+#: Gradient-sized all-reduces per step: SAM averages g0 once (its direction is the global gradient),
+#: the power iteration its H u (every rank keeps the same u).
+AVERAGES_OF_G0 = {"frobenius (gaussian)": 0, "trace (sphere)": 0, "SAM (dirac)": 1,
+                  "top eigenvalue (power iteration)": 1, "log-determinant (importance)": 0}
 
 
 def run(measure, network, x, y, record, **options):

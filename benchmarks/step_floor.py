@@ -1,0 +1,92 @@
+"""Where a step's time goes outside the closure, and the floor that the perturbation draws set.
+
+MLP 64-128-128-10, batch 128, SGD momentum 0.9, one torch thread. For each optimizer it times
+whole steps and, with a timing closure, the forward/backward passes inside them; the rest is
+the optimizer's own work (bookkeeping, draws, base step). It also times one draw of a
+Gaussian vector of the model's size with torch's CPU generator: FrobSAM's n draws per step are
+work that 1 + n plain SGD steps never do, so they bound the ratio from below.
+
+    PYTHONPATH=.:<pytorch_optimizer> python benchmarks/step_floor.py   # the peer's row needs it
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+from sharpc.optim import SAM, FrobSAM  # noqa: E402
+
+SGD = dict(lr=0.01, momentum=0.9)
+N = 4
+
+
+def main(repeats: int = 40, inner: int = 10) -> None:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 128),
+                                torch.nn.ReLU(), torch.nn.Linear(128, 10))
+    x, y = torch.randn(128, 64), torch.randint(0, 10, (128,))
+    inside = [0.0]
+
+    def closure():
+        start = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        inside[0] += time.perf_counter() - start
+        return loss
+
+    sgd = torch.optim.SGD(model.parameters(), **SGD)
+    frob = FrobSAM(model.parameters(), n_samples=N, seed=0, rho=0.01, strength=1e-7, relative=False,
+                   difference="one-sided", clip=None, **SGD)
+    sam = SAM(model.parameters(), rho=0.05, **SGD)
+    steps = {"SGD": lambda: (sgd.zero_grad(), closure(), sgd.step()),
+             f"FrobSAM n={N} one-sided": lambda: frob.step(closure), "SAM preset": lambda: sam.step(closure)}
+    try:
+        from pytorch_optimizer import SAM as ReferenceSAM
+
+        reference = ReferenceSAM(model.parameters(), torch.optim.SGD, rho=0.05, **SGD)
+        steps["pytorch_optimizer.SAM"] = lambda: (closure(), reference.first_step(zero_grad=True), closure(),
+                                                  reference.second_step(zero_grad=True))
+    except ImportError:
+        pass
+    for step in steps.values():
+        for _ in range(20):
+            step()
+    total, passes = {k: [] for k in steps}, {k: [] for k in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():  # interleaved: load changes hit every row alike
+            inside[0], start = 0.0, time.perf_counter()
+            for _ in range(inner):
+                step()
+            total[name].append((time.perf_counter() - start) / inner * 1e3)
+            passes[name].append(inside[0] / inner * 1e3)
+    d = sum(p.numel() for p in model.parameters())
+    buffer, generator = torch.empty(d), torch.Generator().manual_seed(0)
+    draws = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(inner):
+            buffer.normal_(generator=generator)
+        draws.append((time.perf_counter() - start) / inner * 1e3)
+    print(f"torch {torch.__version__}, d = {d}, medians over {repeats} x {inner} steps")
+    print("| optimizer | step | passes (closure) | outside the closure |")
+    print("|---|---:|---:|---:|")
+    median = {k: (statistics.median(total[k]), statistics.median(passes[k])) for k in steps}
+    for name, (step, inside_ms) in median.items():
+        print(f"| {name} | {step:.3f} ms | {inside_ms:.3f} ms | {step - inside_ms:.3f} ms |")
+    draw = statistics.median(draws)
+    sgd_step = median["SGD"][0]
+    frob_step, frob_passes = median[f"FrobSAM n={N} one-sided"]
+    print(f"\none Gaussian draw of {d} numbers: {draw:.3f} ms")
+    print(f"FrobSAM n={N} / {N + 1} x SGD step: {frob_step / ((N + 1) * sgd_step):.2f}; with nothing outside the "
+          f"closure but the {N} draws and one SGD update: "
+          f"{(frob_passes + N * draw + sgd_step - median['SGD'][1]) / ((N + 1) * sgd_step):.2f}")
+
+
+if __name__ == "__main__":
+    main()
