@@ -55,6 +55,7 @@ TARGETS = {
     "mixed polynomial": "sum(l**2) + sum(l)**2",
     "log-det of I + H/10": "sum(log(1 + l/10))",
     "top eigenvalue": "max(l)",        # any d: the extreme eigenvector by power iteration (strategy "eigenvector")
+    "spectral norm": "max(abs(l))",    # any d: the same, for the eigenvalue largest in magnitude
     "sum of exp": "sum(exp(l))",       # any d: a Chebyshev approximation (strategy "chebyshev")
 }
 #: compile() options of the approximated targets: the spectrum bound, and the model size for the degree.
@@ -67,6 +68,7 @@ AT_SPECTRUM = {
     "mixed polynomial": lambda ev: (ev**2).sum() + ev.sum() ** 2,
     "log-det of I + H/10": lambda ev: torch.log1p(ev / 10).sum(),
     "top eigenvalue": lambda ev: ev.max(),
+    "spectral norm": lambda ev: ev.abs().max(),
     "sum of exp": lambda ev: torch.exp(ev).sum(),
 }
 #: Relative strengths swept besides the defaults.
@@ -125,6 +127,16 @@ def make_optimizer(name: str, strength: float | None, options: str, model: nn.Mo
 CNN_SUBSET = 512
 
 
+class Negated:
+    """-H, for Lanczos at the bottom of the spectrum."""
+
+    def __init__(self, op: hessian.HessianOperator):
+        self.op, self.dim, self.dtype, self.device = op, op.dim, op.dtype, op.device
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return -self.op.matvec(v)
+
+
 def measure(task: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> dict:
     """Every target at the model's training-loss Hessian: exact on all of the data (mlp), or
     estimated with standard errors on the first CNN_SUBSET examples (cnn)."""
@@ -140,13 +152,16 @@ def measure(task: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed:
     density = hessian.slq(op, probes=15, iterations=20, generator=generator)
     logdet, exp = density.trace(lambda ev: torch.log1p(ev / 10)), density.trace(torch.exp)
     top = hessian.lanczos(op, k=1, iterations=40, generator=generator)  # residual: its error bound
+    bottom = hessian.lanczos(Negated(op), k=1, iterations=40, generator=generator)
+    norm = max((float(top.eigenvalues[0]), float(top.residuals[0])),
+               (float(bottom.eigenvalues[0]), float(bottom.residuals[0])))  # |l| largest at either end
     # p2 + p1^2, unbiased: E[t^2] = p1^2 + se^2 for an unbiased t; delta-method standard error
     mixed = (frobenius.value + trace.value**2 - trace.stderr**2,
              math.hypot(frobenius.stderr, 2 * trace.value * trace.stderr))
     return {"trace": (trace.value, trace.stderr), "Frobenius": (frobenius.value, frobenius.stderr),
             "fourth power sum": (fourth.value, fourth.stderr), "mixed polynomial": mixed,
             "log-det of I + H/10": (logdet.value, logdet.stderr), "sum of exp": (exp.value, exp.stderr),
-            "top eigenvalue": (float(top.eigenvalues[0]), float(top.residuals[0]))}
+            "top eigenvalue": (float(top.eigenvalues[0]), float(top.residuals[0])), "spectral norm": norm}
 
 
 def train(task: str, optimizer: str, strength: float | None, options: str, seed: int, epochs: int,
