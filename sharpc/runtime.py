@@ -1272,18 +1272,27 @@ class PhiPsiSAM(torch.optim.Optimizer):
                     s.log_weights[a].append(s.log_weight)
                     log_psi = self.psi(delta, d)
                 for slot, weight in self._weights(a, delta, d, s.cfg):
-                    if group.weighted:  # accumulate exp(a_i - running max): rescale when the max grows
+                    if group.weighted:
                         exponent = s.log_weight + log_psi[slot]
-                        top = running_max.get(slot, exponent)
-                        running_max[slot] = new_top = torch.maximum(top, exponent)
-                        torch._foreach_mul_(kept.acc[slot], torch.exp(top - new_top).to(delta.dtype))
-                        weight = weight * torch.exp(exponent - new_top).to(delta.dtype)
+                        weight = weight * self._rescaled(kept.acc[slot], running_max, slot, exponent)
                     for acc, direction in zip(kept.acc[slot], kept.grad):
                         acc.add_(direction) if weight is None else acc.addcmul_(direction, weight)
                 group_deltas.append(delta)
             deltas.append(torch.stack(group_deltas))
         self._back_to_x(s)
         return (loss0, *self._combine(deltas, d, s.cfg, s.d, s.log_weights))
+
+    @staticmethod
+    def _rescaled(acc: list, running_max: dict, slot: int, exponent: torch.Tensor) -> torch.Tensor:
+        """exp(exponent - M), M the running max of the slot's exponents, with ``acc`` rescaled to the new M.
+
+        An importance-weighted accumulator holds sum_i exp(a_i - M) direction_i, so weights of
+        size exp(d / 2) never overflow; _combine divides by sum_i exp(a_i - M) (see _importance).
+        """
+        top = running_max.get(slot, exponent)
+        running_max[slot] = new_top = torch.maximum(top, exponent)
+        torch._foreach_mul_(acc, torch.exp(top - new_top).to(acc[0].dtype))
+        return torch.exp(exponent - new_top).to(acc[0].dtype)
 
     def _summed_gradient(self, s: _Step, coefficients: torch.Tensor) -> None:
         """.grad = g0 + strength * sum_slot coefficient * accumulator, averaged over ranks.
