@@ -239,7 +239,8 @@ def plot(runs: list[Run], path: str) -> None:
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.axhline(0.8, color="black", linewidth=0.8, linestyle=":")
         ax.set_xticks(range(len(targets)), [textwrap.fill(t, 10) for t in targets], fontsize=7)
-        ax.set(title=f"{task}: target at the end / SGD's (defaults)", ylabel="ratio")
+        ax.set_yscale("log")  # a blow-up (ratio 100) and a 20% reduction on one axis
+        ax.set(title=f"{task}: target at the end / SGD's (defaults)", ylabel="ratio (log scale)")
         ax.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)

@@ -147,8 +147,11 @@ def test_defaults_are_scale_aware():
     assert (group["difference"], group["relative"], group["n_samples"]) == ("antithetic", True, 2)
     # strength per unit of log(target): divided by the degree, since grad log sum(l**k) grows like k
     assert group["strength"] == pytest.approx(TraceSAM(model.parameters()).param_groups[0]["strength"] / 2)
-    assert sharpc.compile("sum(l**4)").optimizer_class().recommended["strength"] == pytest.approx(
-        TraceSAM.recommended["strength"] / 4)
+    fourth = sharpc.compile("sum(l**4)").optimizer_class()
+    assert fourth.recommended["strength"] == pytest.approx(TraceSAM.recommended["strength"] / 4)
+    # heavy-tailed estimates of E[Q^4]: twice the U-statistic's minimum sample count (measured)
+    assert fourth(model.parameters()).param_groups[0]["n_samples"] == 2 * fourth.ustat_order == 8
+    assert "n_samples" not in FrobSAM.recommended
 
 
 def test_step_wide_settings_must_agree_across_groups_at_step_time():
