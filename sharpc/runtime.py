@@ -378,7 +378,7 @@ def _rows_of(full: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 
 
 class _Shards:
-    """FSDP2 (``fully_shard``): parameters are DTensors sharded on dim 0, one row per rank.
+    """FSDP2 (``fully_shard``): parameters are DTensors whose rows (dim 0) are split over the ranks.
 
     A step runs every pass with FSDP's gradient sync off, so FSDP leaves each pass's full
     (unsharded) gradient of this rank's batch on its unsharded parameter; ``take`` moves it
@@ -388,7 +388,7 @@ class _Shards:
     """
 
     def __init__(self, model: torch.nn.Module, params: list):
-        self.model, self.params = model, params
+        self.model = model
         self.group = params[0].device_mesh.get_group()
         self.world = torch.distributed.get_world_size(self.group)
         self._unsharded: dict | None = None  # id(sharded param) -> FSDPParam, once FSDP has initialized
