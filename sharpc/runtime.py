@@ -387,8 +387,8 @@ class _Shards:
     shards. The combined gradient crosses ranks once, as one reduce-scatter (``scatter``).
     """
 
-    def __init__(self, model: torch.nn.Module, params: list):
-        self.model = model
+    def __init__(self, model: torch.nn.Module, params: list, error: type):
+        self.model, self.error = model, error
         self.group = params[0].device_mesh.get_group()
         self.world = torch.distributed.get_world_size(self.group)
         self._unsharded: dict | None = None  # id(sharded param) -> FSDPParam, once FSDP has initialized
@@ -402,7 +402,7 @@ class _Shards:
                 for fsdp_param in getattr(group, "fsdp_params", ()):
                     found[id(fsdp_param.sharded_param)] = fsdp_param
             if not found:
-                raise OptimizerError("parameters are DTensors, but model= is not an FSDP2 (fully_shard) module")
+                raise self.error("parameters are DTensors, but model= is not an FSDP2 (fully_shard) module")
             self._unsharded = found
         return self._unsharded
 
@@ -841,7 +841,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
         why = None
         if len(sharded) != len(params) or not hasattr(model, "set_requires_gradient_sync"):
             why = "pass model=<the fully_shard module> that shards every parameter given to the optimizer"
-        elif any(p.device_mesh.ndim != 1 or repr(p.placements) != "(Shard(dim=0),)" for p in sharded):
+        elif any(p.device_mesh.ndim != 1 or [(type(x).__name__, getattr(x, "dim", None)) for x in p.placements]
+                 != [("Shard", 0)] for p in sharded):
             why = "only 1-D meshes with Shard(0) placements (fully_shard's default) are supported"
         elif distributed != "sync":
             why = "distributed='sync' is needed (per-rank perturbations would mix in the all-gathered parameters)"
@@ -851,7 +852,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
             why = "adaptive perturbations need the full parameters"
         if why:
             raise self.Error(f"FSDP2 (DTensor parameters): {why}")
-        return _Shards(model, sharded)
+        return _Shards(model, sharded, self.Error)
 
     def _step_defaults(self, estimator: str, n_samples: int | None) -> dict:
         """Resolve estimator="auto" and n_samples=None, so the param groups show what a step does."""

@@ -31,6 +31,10 @@ CLASSES = {"frobenius (gaussian)": lambda: optimizer_class(frobenius()),
            "log-determinant (importance)": lambda: sharpc.compile("sum(log(l))").optimizer_class()}
 #: Gradient-sized all-reduces per step: SAM averages g0 once (its direction is the global gradient),
 #: the power iteration its H u (every rank keeps the same u).
+#: What the sharded path cannot do: each constructor call must refuse with the reason.
+REFUSED = {"lean": (dict(memory="lean", clip=None), "memory='lean'"),
+           "per-rank": (dict(distributed="per-rank"), "distributed='sync' is needed"),
+           "adaptive": (dict(adaptive=True), "adaptive perturbations")}
 AVERAGES_OF_G0 = {"frobenius (gaussian)": 0, "trace (sphere)": 0, "SAM (dirac)": 1,
                   "top eigenvalue (power iteration)": 1, "log-determinant (importance)": 0}
 
@@ -94,6 +98,16 @@ def _worker(rank: int, port: int, out: str) -> None:
                                     large_all_reduces=len(large_all_reduces), first_perturbation=record[1] - record[0])
         except Exception:
             results[measure] = dict(error=traceback.format_exc(limit=3))
+    model, _, _ = tiny_mlp(dtype=torch.float64)
+    fsdp.fully_shard(model)
+    refusals = {}
+    for name, (options, _) in REFUSED.items():
+        try:
+            optimizer_class(frobenius())(model.parameters(), lr=0.1, model=model, **options)
+            refusals[name] = "accepted"
+        except Exception as error:  # noqa: BLE001 - the test checks the type and the message
+            refusals[name] = f"{type(error).__name__}: {error}"
+    results["refusals"] = refusals
     torch.save(results, os.path.join(out, f"rank{rank}.pt"))
     for name, original in originals.items():
         setattr(dist, name, original)
@@ -119,3 +133,11 @@ def test_a_sharded_step_is_the_unsharded_step_with_one_reduce_scatter(ranks, mea
     assert first["losses"] == pytest.approx(losses, rel=1e-12)
     assert first["reduces"] == second["reduces"] == 1
     assert first["large_all_reduces"] == second["large_all_reduces"] == STEPS * AVERAGES_OF_G0[measure]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(REFUSED))
+def test_what_the_sharded_path_cannot_do_is_refused_with_the_reason(ranks, name):
+    for rank in ranks:
+        message = rank["refusals"][name]
+        assert message.startswith("OptimizerError: FSDP2 (DTensor parameters): ") and REFUSED[name][1] in message
