@@ -13,7 +13,7 @@ for samples v_i of mu,
     grad = g0 + strength * scale / rho**2 * sum_l d_l phi * mean_i psi_l'(Delta_i) (g_i - g0),
 
 g0 = grad L(x) and g_i = grad L(x + rho v_i) (``difference`` also offers antithetic pairs
-x +- rho v_i and a control variate; ``relative`` divides strength by a running |target|).
+x +- rho v_i and a control variate; ``relative`` divides strength by a running |target - its flat value|).
 The unbiased estimator replaces phi(means) by a U-statistic U(P_1, ..., P_K) of the power
 sums P_k = sum_i Delta_i**k, whose gradient is sum_k dU/dP_k * k * sum_i Delta_i**(k-1)
 (g_i - g0). Either way only running sums are
@@ -624,7 +624,7 @@ class _Settings:
 
 
 class _RunningMean:
-    """A bias-corrected exponential mean of |target|, kept on the device (``relative=True``)."""
+    """A bias-corrected exponential mean of |target - target at H = 0|, kept on the device (``relative=True``)."""
 
     decay = 0.99
 
@@ -735,8 +735,9 @@ class PhiPsiSAM(torch.optim.Optimizer):
                 Delta divides by the rho of the first perturbed group.
             strength: the objective is L + strength * target (the target as written, its
                 dropped scale and offset folded back), the target estimated at radius rho.
-            relative: divide strength by a running mean of |target| (bias-corrected, decay
-                0.99), so strength is the weight of log target, whatever the target's size.
+            relative: divide strength by a running mean of |target - target at H = 0|
+                (bias-corrected, decay 0.99), so strength is the weight of the log of the
+                target's curvature-dependent part, whatever its size and constant terms.
             n_samples: samples per random sample group and step (a point mass takes one);
                 cost 1 + groups * n passes, twice that with difference="antithetic".
             estimator: "unbiased" (U-statistic; polynomial phi and psi only), "plugin"
@@ -1609,7 +1610,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
 
         S = phi(...) estimates target = scale * S + offset, and the accumulators hold
         rho**2 * grad S, so the coefficients carry scale / rho**2 (divided by the running
-        mean of |target| when ``relative``).
+        mean of |target - target at H = 0| when ``relative``).
         """
         n = cfg.n_samples
         if cfg.estimator == "plugin":
@@ -1639,7 +1640,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
             slopes = torch.stack([s * k for s, (_, k) in zip(slopes.unbind(), self.power_sums)])
         scale, offset, shift = self._target_constants(dim, d, cfg.rho)
         estimate = (scale * value + offset).to(value.dtype)
-        if cfg.relative:  # strength * grad(target) / mean|target| = strength * grad(S) / mean|S + offset/scale|
+        if cfg.relative:  # strength * grad(target) / mean|target - flat| = strength * grad(S) / mean|S + shift|
             magnitude = self._magnitude.proposed(value + shift.to(value.dtype))
             weight = 1 / (cfg.rho ** 2 * magnitude.clamp_min(torch.finfo(value.dtype).tiny))
         else:
@@ -1647,14 +1648,30 @@ class PhiPsiSAM(torch.optim.Optimizer):
         return estimate, slopes * weight
 
     def _target_constants(self, dim: int, like: torch.Tensor, rho: float) -> tuple:
-        """scale, offset and offset / scale at (d, rho) in float64 (scale can be huge, (2 pi)^d for
-        determinants), computed once per (d, rho, device) rather than every step."""
+        """scale, offset and the shift that makes ``value + shift`` the target's H-dependent part, per scale.
+
+        The shift is -S at a flat point (H = 0, where every difference is 0): ``relative`` then
+        divides by |target - target at H = 0|, so a constant in the target (the d of
+        sum(exp(l)), the + 5 of sum(l) + 5) changes neither its gradient nor its strength. Where
+        S has no finite flat value (importance-sampled Lebesgue measures, log(0)) it is offset / scale,
+        and ``relative`` divides by |target|. Computed in float64 (scale can be huge, (2 pi)^d
+        for determinants) once per (d, rho, device), not every step.
+        """
         key = (dim, rho, like.device)
         if key not in self._constants:
             d64 = like.new_full((), dim, dtype=torch.float64)
             scale, offset = self.scale(d64, d64.new_tensor(rho)), self.offset(d64, d64.new_tensor(rho))
-            self._constants = {key: (scale, offset, offset / scale)}  # the latest only: rho may be annealed
+            flat = self._flat_value(d64)
+            shift = offset / scale if flat is None else torch.where(torch.isfinite(flat), -flat, offset / scale)
+            self._constants = {key: (scale, offset, shift)}  # the latest only: rho may be annealed
         return self._constants[key]
+
+    def _flat_value(self, d: torch.Tensor) -> torch.Tensor | None:
+        """phi(psi(0)): S where the loss is flat (None for importance-sampled measures; may be infinite)."""
+        if any(group.weighted for group in self.sample_groups):
+            return None  # E[w psi(0)] is the Lebesgue measure's infinite mass
+        with torch.no_grad():
+            return self.phi(self.psi(d.new_zeros(1), d)[:, 0], d).to(d.dtype)
 
     def _forget_unreached(self, s: _Step) -> None:
         reached = {id(p) for p in s.trainable} if self._ranks.mode else {id(p) for p in s.reached}

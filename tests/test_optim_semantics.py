@@ -136,6 +136,25 @@ def test_relative_strength_divides_by_the_running_magnitude_of_the_target():
     torch.testing.assert_close(torch.cat([p.grad.reshape(-1) for p in model.parameters()]), steps[True][0])
 
 
+@pytest.mark.parametrize("target, same_as, options", [
+    ("sum(l) + 5", "sum(l)", {}),
+    ("2*sum(l) - 3", "sum(l)", {}),
+    ("sum(exp(l))", "sum(exp(l) - 1)", dict(bound=2.0, size=100)),  # Chebyshev: d + c1 p1 + c2 p2
+])
+def test_relative_strength_ignores_constants_in_the_target(target, same_as, options):
+    """relative=True divides by |target - target at H = 0|: adding or scaling by constants changes
+    no step (sum(exp(l)) would otherwise be divided by about d and do nothing on a network)."""
+    steps = []
+    for expression in (target, same_as):
+        model, x, y = tiny_mlp(dtype=torch.float64)
+        cls = sharpc.compile(expression, **options).optimizer_class()
+        opt = cls(model.parameters(), lr=0.1, seed=3, strength=0.2, relative=True, clip=None)
+        for _ in range(3):
+            opt.step(make_closure(model, x, y))
+        steps.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+    torch.testing.assert_close(steps[0], steps[1], rtol=1e-9, atol=1e-12)
+
+
 def test_defaults_are_scale_aware():
     """Without rho, |rho v| is DEFAULT_RADIUS of the parameters' norm: E|v| = sqrt(d) (Gaussian), 1 (sphere)."""
     model, _, _ = tiny_mlp()
