@@ -245,12 +245,13 @@ def plot(runs: list[Run], path: str) -> None:
             for j, (name, color) in enumerate(((target, "tab:blue"), ("SAM", "tab:grey"))):
                 group = [r for r in runs if (r.task, r.optimizer, r.strength, r.options) == (task, name, None, "")
                          and r.seed in base]
-                ratios = [r.targets[target][0] / base[r.seed].targets[target][0] for r in group]
+                shown = EXCESS.get(target, (target,))[0]  # sum(exp(l)): its part that curvature moves
+                ratios = [r.targets[shown][0] / base[r.seed].targets[shown][0] for r in group]
                 ax.scatter([i + 0.15 * (2 * j - 1)] * len(ratios), ratios, color=color,
                            label=("compiled from the target" if j == 0 else "SAM") if i == 0 else None)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.axhline(0.8, color="black", linewidth=0.8, linestyle=":")
-        ax.set_xticks(range(len(targets)), [textwrap.fill(t, 10) for t in targets], fontsize=7)
+        ax.set_xticks(range(len(targets)), [textwrap.fill(EXCESS.get(t, (t,))[0], 10) for t in targets], fontsize=7)
         ax.set_yscale("log")  # a blow-up (ratio 100) and a 20% reduction on one axis
         ax.set(title=f"{task}: target at the end / SGD's (defaults)", ylabel="ratio (log scale)")
         ax.legend(fontsize=7)
