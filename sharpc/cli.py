@@ -144,9 +144,8 @@ def _describe(measure, report) -> str:
         f"assumptions  {'; '.join(measure.assumptions) or 'none'}",
         f"domain       {measure.domain.describe()}",
         f"exact        {'yes' if measure.exact else 'no (approximation)'}",
-        *([f"error bound  |target - S| <= {sp.sstr(measure.error_bound)}"] if measure.error_bound is not None else []),
-        *([f"samples      about {measure.recommended_samples(0.1)} per step for a 10% standard error "
-           f"(worst of spread and clustered probe spectra)"] if measure.variance_per_sample is not None else []),
+        f"error bound  {_error_bound(measure)}",
+        *_samples(measure),
         "",
         "derivation",
         *(f"  {i}. {step}" for i, step in enumerate(measure.steps, start=1)),
@@ -165,6 +164,23 @@ def _describe(measure, report) -> str:
             result = "verified" if report.checked else "not verified: no check applies (see the notes)"
         lines.append(f"result: {result}")
     return "\n".join(lines)
+
+
+def _error_bound(measure) -> str:
+    """|target - S|: the approximation's bound, 0 for an exact measure, or what is known."""
+    if measure.error_bound is not None:
+        return f"|target - S| <= {sp.sstr(measure.error_bound)}"
+    return "0 (exact)" if measure.exact else "none stated (see assumptions)"
+
+
+def _samples(measure) -> list[str]:
+    """The per-step sample count a 10% standard error needs, where the estimate is random."""
+    if all(group.distribution.deterministic for group in measure.groups):
+        return ["samples      1 per step (point masses: the estimate has no sampling variance)"]
+    if measure.variance_per_sample is None:
+        return []
+    return [f"samples      about {measure.recommended_samples(0.1)} per step for a 10% standard error "
+            "(worst of spread and clustered probe spectra)"]
 
 
 def _compile(options: argparse.Namespace) -> tuple[str, int]:

@@ -127,6 +127,16 @@ def test_cli_reports_bound_variance_and_samples_without_d(capsys, text):
     assert "error bound  |target - S| <=" in out and "per-sample variance" in out and "samples      about" in out
 
 
+@pytest.mark.parametrize("text", ["max(l)", "min(l)", "max(abs(l))"])
+def test_cli_reports_exact_extremes_without_d(capsys, text):
+    """The default route for extreme eigenvalues: a point mass, so no bias and no sampling variance."""
+    code = main(["compile", text, "--bound", "2", "--no-verify"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "strategy     eigenvector" in out and "error bound  0 (exact)" in out
+    assert "samples      1 per step" in out
+
+
 def test_degree_is_chosen_by_bias_and_variance():
     """More samples per step or fewer eigenvalues make variance cheaper: the degree never drops."""
     degrees = [sharpc.compile("sum(exp(l))", bound=1.0, budget=budget, size=size).steps[1]
