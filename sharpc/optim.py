@@ -63,7 +63,6 @@ def _build(measure: Measure, name: str, recommended: dict[str, Any]) -> type[Phi
     namespace = {**vars(runtime), "__name__": __name__}
     exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - our own generated source
     cls = namespace[name]
-    cls.Error = OptimizerError
     cls.measure = measure
     if key is not None:
         _classes[key] = cls

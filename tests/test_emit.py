@@ -181,6 +181,28 @@ def test_standalone_module_trains_exactly_like_the_in_process_class(tmp_path):
     assert torch.equal(standalone["sharpness"], sharpness)
 
 
+def test_the_runtime_package_is_pasted_whole_and_imports_only_torch():
+    """Every runtime module is in RUNTIME_MODULES (a new one cannot be left out of standalone
+    modules), and each imports torch, the standard library, its siblings and sharpc.errors only."""
+    from importlib import resources
+
+    from sharpc.emit import RUNTIME_MODULES
+
+    package = resources.files("sharpc").joinpath("runtime")
+    files = {f.name[:-3] for f in package.iterdir() if f.name.endswith(".py") and f.name != "__init__.py"}
+    assert files == set(RUNTIME_MODULES)
+    for module in RUNTIME_MODULES:
+        tree = ast.parse(package.joinpath(f"{module}.py").read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert node.level == 1 and node.module in RUNTIME_MODULES or \
+                    (node.level == 2 and node.module == "errors"), (module, node.module)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+                assert all(n.split(".")[0] == "torch" or n.split(".")[0] in sys.stdlib_module_names
+                           for n in names), (module, names)
+
+
 def test_emitted_modules_embed_the_runtime_verbatim():
     from sharpc.emit.standalone import runtime_source
 

@@ -306,3 +306,13 @@ def test_a_closure_that_clears_gradients_itself_takes_the_same_step(memory, clea
         return flat_params(model)
 
     torch.testing.assert_close(run(clear=True), run(clear=False), rtol=0, atol=1e-12)
+
+
+def test_one_optimizer_error_class():
+    """In-process, every piece of the runtime raises sharpc.errors.OptimizerError (a SharpcError)."""
+    from sharpc import errors, runtime
+    from sharpc.runtime import draw_
+
+    assert runtime.OptimizerError is errors.OptimizerError is FrobSAM.Error
+    with pytest.raises(errors.OptimizerError, match="no sampler"):
+        draw_("nonsense", [torch.zeros(3)])

@@ -2,7 +2,7 @@
 
 :func:`generate` writes that source once; ``sharpc.optim`` executes it on top of
 :mod:`sharpc.runtime` and :func:`sharpc.emit.standalone.emit_module` appends it to
-runtime.py's own text, so in-process and standalone optimizers run the same code.
+the runtime package's own text, so in-process and standalone optimizers run the same code.
 User text reaches the source only as ``repr`` string literals, symbols only through
 the whitelisting printer.
 
@@ -314,14 +314,44 @@ def _printed(expr: sp.Expr, allowed: set[str], like: str) -> str:
     return f"torch.zeros_like({like}) + ({torch_code(expr, allowed)})"
 
 
+#: sharpc/runtime's modules in dependency order: the standalone module pastes them in this order.
+RUNTIME_MODULES = ("sampling", "maths", "replay", "storage", "ranks", "power", "optimizer")
+
+
 def runtime_text() -> str:
-    """sharpc/runtime.py's source, read from the package: emitting never imports torch."""
-    return resources.files("sharpc").joinpath("runtime.py").read_text(encoding="utf-8")
+    """sharpc/runtime's code as one module, read from the package: emitting never imports torch.
+
+    Each module's code follows its imports; the package-relative imports go (the pieces are
+    pasted in dependency order), the absolute ones are hoisted and merged, and
+    ``sharpc.errors.OptimizerError`` becomes a local class of the same name.
+    """
+    package = resources.files("sharpc").joinpath("runtime")
+    modules, names, bodies = set(), {}, []
+    for module in RUNTIME_MODULES:
+        text = package.joinpath(f"{module}.py").read_text(encoding="utf-8")
+        lines = text.splitlines(keepends=True)
+        tree = ast.parse(text)
+        dropped = set()
+        for node in tree.body:
+            docstring = node is tree.body[0] and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+            if isinstance(node, (ast.Import, ast.ImportFrom)) or docstring:
+                dropped.update(range(node.lineno - 1, node.end_lineno))
+            if isinstance(node, ast.Import):
+                modules.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names.setdefault(node.module, set()).update(alias.name for alias in node.names)
+        bodies.append("".join(line for i, line in enumerate(lines) if i not in dropped).strip("\n"))
+    header = "\n".join([*(f"import {m}" for m in sorted(modules - {"torch"})),
+                        *(f"from {m} import {', '.join(sorted(n))}" for m, n in sorted(names.items())),
+                        "", "import torch"])
+    error = ('class OptimizerError(ValueError):\n'
+             '    """Misuse of the optimizer, or a step that could not be completed safely."""')
+    return "\n\n\n".join([header, error, *bodies]) + "\n"
 
 
 @functools.cache
 def _taken_names() -> frozenset[str]:
-    """Module-level names of runtime.py and of the generated code: a class must not shadow them."""
+    """Module-level names of the runtime and of the generated code: a class must not shadow them."""
     tree = ast.parse(runtime_text())
     names = {"phi", "psi", "ustat", "scale", "offset", "phi_grad", "psi_slopes", "ustat_grad"}
     for node in tree.body:

@@ -1,6 +1,6 @@
 """Which class names a generated optimizer may take.
 
-The class is defined at module level next to runtime.py's code, so its name must not shadow
+The class is defined at module level next to the runtime's code, so its name must not shadow
 anything that code looks up at run time: a builtin (``super``, ``float``, ``sum``), an import
 (``torch``) or a runtime definition. Python compares identifiers after NFKC normalization, so
 the full-width 'ｔｏｒｃｈ' *is* ``torch``; names that normalization changes are refused outright.
@@ -27,7 +27,7 @@ def check_class_name(name: object, taken: Collection[str]) -> str:
     reason = ("it is a Python keyword" if keyword.iskeyword(name)
               else "names starting with _ are reserved" if name.startswith("_")
               else "it would shadow a Python builtin" if hasattr(builtins, name)
-              else "it would shadow a name runtime.py or the generated code defines" if name in taken
+              else "it would shadow a name the runtime or the generated code defines" if name in taken
               else None)
     if reason:
         raise OptimizerError(f"{name!r} cannot name a generated optimizer class: {reason}")

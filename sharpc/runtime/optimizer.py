@@ -1,264 +1,24 @@
-"""(phi, psi, mu)-SAM on torch: the engine under every optimizer class sharpc emits.
+"""PhiPsiSAM: the step (Algorithm 2 of Tahmasebi et al. 2024) on the pieces of this package."""
 
-This file imports torch and nothing else. ``sharpc.emit.standalone`` pastes it verbatim
-into the standalone modules it writes, and ``sharpc.optim`` builds its in-process classes
-on it, so the two cannot drift apart. A generated subclass supplies phi, psi (and, for
-polynomial measures, an unbiased U-statistic) as torch functions plus its sample groups.
-
-A step minimizes L(x) + strength * target(x), target = scale * S + offset (the constants the
-derivation dropped, folded back), with S estimated as in Algorithm 2 of Tahmasebi et al. (2024):
-for samples v_i of mu,
-
-    Delta_i = (L(x + rho v_i) - L(x)) / rho**2,     S = phi(mean_i psi(Delta_i)),
-    grad = g0 + strength * scale / rho**2 * sum_l d_l phi * mean_i psi_l'(Delta_i) (g_i - g0),
-
-g0 = grad L(x) and g_i = grad L(x + rho v_i) (``difference`` also offers antithetic pairs
-x +- rho v_i and a control variate; ``relative`` divides strength by a running |target - its flat value|).
-The unbiased estimator replaces phi(means) by a U-statistic U(P_1, ..., P_K) of the power
-sums P_k = sum_i Delta_i**k, whose gradient is sum_k dU/dP_k * k * sum_i Delta_i**(k-1)
-(g_i - g0). Either way only running sums are
-kept: a backup of the perturbed parameters, g0, and one accumulator per psi component
-(plug-in) or per power sum (U-statistic), never n gradients. Each is one flat buffer per
-(device, dtype), allocated once and kept while the parameter set is unchanged (``_Kept``),
-so a step's bookkeeping costs a number of kernels independent of the number of tensors.
-phi', psi' and dU/dP come from the compiler (SymPy, ``derivatives = "symbolic"``); where it
-could not print them the step differentiates by autograd (``derivatives = "autograd"``).
-
-Every perturbed pass replays the clean pass's global RNG state (common random numbers:
-identical dropout masks), while perturbations come from the optimizer's own generator.
-Scalars stay 0-d tensors on the parameters' device; the only host read is the finiteness
-check (one per step; ``nonfinite="ignore"`` drops it).
-
-At scale (docs/scaling.md). With ``distributed="sync"`` the ranks of a process group act as
-one optimizer on the global batch: the perturbation generators run in lockstep and every
-pass's loss is averaged over ranks (a scalar all-reduce), so all ranks compute the same
-global Delta_i and weights; the combined gradient is linear in the local gradients once the
-weights are known, so it is averaged by a single all-reduce per step, the gradient traffic
-of plain data-parallel SGD. ``memory="lean"`` drops the accumulators for n extra forward
-passes: losses first (forward only), then the weights, then one weighted backward pass
-per point straight into .grad, with the perturbations regenerated from a saved generator state.
-"""
-
-import contextlib
 import functools
-import hashlib
 import math
-import threading
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-__all__ = ["OptimizerError", "GroupSpec", "PhiPsiSAM", "draw_", "sample_rows", "lebesgue_log_weight",
-           "polynomial_root"]
+from ..errors import OptimizerError
+from .maths import autodiff_slopes, load_forward_ad, value_and_grad
+from .power import PowerIteration
+from .ranks import Ranks, Shards
+from .replay import STEP_LOCK, CommonRandomNumbers, running_stats
+from .sampling import GroupSpec, draw_, global_norm, lebesgue_log_weight
+from .storage import Kept, Layout, is_sharded, local_shard, signature
 
 
-class OptimizerError(ValueError):
-    """Misuse of the optimizer, or a step that could not be completed safely."""
-
-
-#: Held by a step from start to end. Common random numbers replay the process-wide global RNG,
-#: so two steps running in two threads would hand each other's dropout masks to their passes:
-#: a step that finds another thread's step inside refuses to start.
-_STEP_LOCK = threading.Lock()
-
-
-@dataclass(frozen=True)
-class GroupSpec:
-    """psi components that share one set of samples, and the distribution they come from.
-
-    kind is "gaussian" (N(0, I)), "sphere" (uniform on the unit sphere of all perturbed
-    coordinates together), "hypercube" (uniform on [-half_width, half_width]^d), "point"
-    (the fixed point sum_{i in support} e_i of the flattened perturbed vector, Theorem 7),
-    "dirac" (SAM's point mass at grad / |grad|, fixed by the clean gradient of each step) or
-    "importance" (the Lebesgue measure, exactly: v ~ N(0, I / precision), each sample
-    weighted by the density ratio, see ``lebesgue_log_weight``). An importance group's psi
-    and phi work in logs: psi returns log psi, phi takes log E[w psi], and its means are
-    log-mean-exps, so weights of size exp(d / 2) never overflow. "eigenvector" is a point mass
-    at a unit vector u kept across steps and moved by one power-iteration step per step,
-    u <- normalize(sign H u + shift u), with H u read off the step's own perturbed pair.
-    ``adaptive`` scales every sample by |x| + eta (the adaptive measure mu_x).
-    """
-
-    kind: str
-    components: tuple
-    half_width: float = 1.0
-    support: tuple = ()
-    adaptive: bool = False
-    precision: float = 1.0
-    shift: float = 0.0
-    sign: int = 1
-
-    @property
-    def deterministic(self) -> bool:
-        """One sample is the whole distribution: more would repeat it."""
-        return self.kind in ("dirac", "point", "eigenvector")
-
-    @property
-    def weighted(self) -> bool:
-        """Samples carry importance weights (in logs): the group's components are log-means."""
-        return self.kind == "importance"
-
-    def count(self, n_samples: int) -> int:
-        """Samples this group takes per step: n_samples, or one for a point mass."""
-        return 1 if self.deterministic else n_samples
-
-
-# ----------------------------------------------------------------------------- sampling
-def draw_(kind: str, tensors: list, generator: torch.Generator | None = None,
-          half_width: float = 1.0, support: tuple = (), precision: float = 1.0) -> None:
-    """Overwrite ``tensors``, the pieces of one vector, with a sample of the distribution."""
-    if kind == "point":
-        _point_(tensors, support)
-    elif kind in ("gaussian", "sphere", "importance"):
-        for v in tensors:
-            v.normal_(generator=generator)
-        if kind == "sphere":  # normalized over all pieces together, never per tensor
-            torch._foreach_div_(tensors, _global_norm(tensors))
-        elif kind == "importance":
-            torch._foreach_mul_(tensors, precision ** -0.5)
-    elif kind == "hypercube":
-        for v in tensors:
-            v.uniform_(-half_width, half_width, generator=generator)
-    else:
-        raise OptimizerError(f"no sampler for the distribution kind {kind!r}")
-
-
-def sample_rows(kind: str, n: int, d: int, *, half_width: float = 1.0, precision: float = 1.0,
-                generator: torch.Generator | None = None, device=None, dtype=None) -> torch.Tensor:
-    """An (n, d) tensor whose rows are independent samples (what ``Distribution.sample`` returns)."""
-    out = torch.empty(n, d, device=device, dtype=dtype)
-    if kind == "sphere":  # each row is one vector: normalize rows, not the whole batch
-        draw_("gaussian", [out], generator)
-        return out.div_(torch.linalg.vector_norm(out, dim=1, keepdim=True))
-    draw_(kind, [out], generator, half_width, precision=precision)
-    return out
-
-
-def lebesgue_log_weight(squared_norm: torch.Tensor, d: int, precision: float) -> torch.Tensor:
-    """log of dv / dN(0, I / precision) at |v|^2 = squared_norm: (d/2) log(2 pi / precision) + precision |v|^2 / 2.
-
-    So E[w psi(Q(v))] over v ~ N(0, I / precision) is the integral of psi(Q) over R^d, exactly.
-    For psi = exp(-Q) its variance is finite when every eigenvalue of H exceeds precision / 2.
-    """
-    return 0.5 * d * math.log(2 * math.pi / precision) + 0.5 * precision * squared_norm
-
-
-def _point_(tensors: list, support: tuple) -> None:
-    """sum_{i in support} e_i, with i indexing the pieces flattened and concatenated in order."""
-    torch._foreach_zero_(tensors)
-    offset = 0
-    for v in tensors:
-        flat = v.view(-1)
-        for i in support:
-            if offset <= i < offset + flat.numel():
-                flat[i - offset] = 1
-        offset += flat.numel()
-    if support and max(support) >= offset:
-        raise OptimizerError(f"the point e_{max(support)} is outside the {offset} perturbed coordinates")
-
-
-def _global_norm(tensors: list) -> torch.Tensor:
-    if len(tensors) == 1:  # one flat buffer: one kernel
-        return torch.linalg.vector_norm(tensors[0])
-    norms = torch._foreach_norm(tensors)
-    return torch.linalg.vector_norm(torch.stack([x.to(norms[0].dtype) for x in norms]))
-
-
-# ----------------------------------------------------------------------------- generated-code helpers
-def polynomial_root(k: int, *coefficients: torch.Tensor) -> torch.Tensor:
-    """Real part of the k-th largest root of s^d + a_1 s^(d-1) + ... + a_d (sharpc's RootEig).
-
-    The roots are the eigenvalues of the companion matrix, so the result is differentiable
-    in the coefficients wherever the roots are simple.
-    """
-    a = torch.stack(coefficients)
-    d = a.shape[0]
-    companion = torch.cat([-a.unsqueeze(0), torch.eye(d - 1, d, dtype=a.dtype, device=a.device)])
-    roots = torch.linalg.eigvals(companion).real
-    return torch.sort(roots, descending=True).values[k]
-
-
-# ----------------------------------------------------------------------------- step helpers
-class _CommonRandomNumbers:
-    """Replays the clean pass's global RNG state for every perturbed pass (same dropout masks).
-
-    Afterwards the global RNG is left as the clean pass left it, so a step consumes exactly
-    the randomness of one ordinary forward/backward pass. CPU and CUDA generators are covered.
-    """
-
-    def __init__(self, devices: Iterable[torch.device]):
-        self._cuda = sorted({d.index if d.index is not None else torch.cuda.current_device()
-                             for d in devices if d.type == "cuda"})
-        self._start = self._get()
-        self._after_clean = None
-
-    def _get(self):
-        return torch.get_rng_state(), [torch.cuda.get_rng_state(i) for i in self._cuda]
-
-    def _set(self, state) -> None:
-        cpu, cuda = state
-        torch.set_rng_state(cpu)
-        for index, s in zip(self._cuda, cuda):
-            torch.cuda.set_rng_state(s, index)
-
-    def clean_pass_done(self) -> None:
-        self._after_clean = self._get()
-
-    def rewind(self) -> None:
-        self._set(self._start)
-
-    def finish(self) -> None:
-        if self._after_clean is not None:
-            self._set(self._after_clean)
-
-
-def _running_stats(model: torch.nn.Module | None) -> list:
-    """Buffers of modules that track running statistics (BatchNorm and friends)."""
-    if model is None:
-        return []
-    return [b for m in model.modules() if getattr(m, "track_running_stats", False)
-            for b in m.buffers(recurse=False)]
-
-
-def _slopes(f: Callable, t: torch.Tensor, *args) -> torch.Tensor:
-    """d f(t, *args) / dt for every output of f, by one forward-mode pass (t is a scalar).
-
-    Automatic differentiation, not hand derivatives; dual numbers cost ~10x less per call
-    than torch.func.jacfwd on CPU, and this runs once per perturbed pass.
-    """
-    with torch.autograd.forward_ad.dual_level():
-        out = f(torch.autograd.forward_ad.make_dual(t, torch.ones_like(t)), *args)
-        tangent = torch.autograd.forward_ad.unpack_dual(out).tangent
-    return torch.zeros_like(out) if tangent is None else tangent
-
-
-def _load_forward_ad() -> None:
-    """Make torch load its forward-AD decompositions now, outside any step.
-
-    torch scripts them on first use and warns that torch.jit.script is deprecated (its own
-    warning); under -W error that would abort a step, so the load happens here, quietly.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=DeprecationWarning)
-        with torch.autograd.forward_ad.dual_level():
-            torch.autograd.forward_ad.make_dual(torch.zeros(()), torch.ones(()))
-
-
-def _value_and_grad(f: Callable, x: torch.Tensor, *args) -> tuple:
-    """f(x, *args) and its gradient in x by reverse mode (once per step; ~3x cheaper than torch.func.grad)."""
-    with torch.enable_grad():
-        x = x.detach().requires_grad_()
-        y = f(x, *args)
-        if not y.requires_grad:  # phi does not depend on its arguments
-            return y.detach(), torch.zeros_like(x)
-        (grad,) = torch.autograd.grad(y, x)
-    return y.detach(), grad
-
-
-def _materialized(group: Any) -> Any:
+def materialized(group: Any) -> Any:
     """A param-group dict whose params are a list (a generator can be read only once)."""
     if not isinstance(group, dict):
         return group
@@ -266,341 +26,12 @@ def _materialized(group: Any) -> Any:
     return {**group, "params": [params] if isinstance(params, torch.Tensor) else list(params)}
 
 
-class _Layout:
-    """Tensors packed into one contiguous buffer per (device, dtype), in their order within each.
-
-    Every parameter-sized buffer of a step has this form, so each update is one kernel per
-    buffer whatever the number of parameter tensors; views shaped like the tensors connect
-    the buffers to the parameters and their .grad.
-    """
-
-    def __init__(self, tensors: list):
-        self.shapes = [t.shape for t in tensors]
-        self.members: dict = {}
-        for i, t in enumerate(tensors):
-            self.members.setdefault((t.device, t.dtype), []).append(i)
-        self.sizes = {key: [self.shapes[i].numel() for i in index] for key, index in self.members.items()}
-
-    def zeros(self) -> list:
-        return [torch.zeros(sum(self.sizes[key]), device=key[0], dtype=key[1]) for key in self.members]
-
-    def views(self, buffers: list) -> list:
-        """Views of ``buffers`` (one per key; longer ones are read from the start) shaped like the tensors."""
-        out: list = [None] * len(self.shapes)
-        for buffer, (key, index) in zip(buffers, self.members.items()):
-            for i, piece in zip(index, buffer[:sum(self.sizes[key])].split(self.sizes[key])):
-                out[i] = piece.view(self.shapes[i])
-        return out
-
-    def prefixes(self, buffers: list, layout: "_Layout") -> list:
-        """The first elements of ``buffers`` (laid out by ``layout``) that this layout's buffers span."""
-        by_key = dict(zip(layout.members, buffers))
-        return [by_key[key][:sum(self.sizes[key])] for key in self.members]
-
-    def filled(self, values: list) -> list:
-        """Buffers holding each tensor's value of ``values`` at its elements."""
-        return [torch.tensor([float(values[i]) for i in index], dtype=key[1], device=key[0])
-                .repeat_interleave(torch.tensor(self.sizes[key], device=key[0])) for key, index in self.members.items()]
-
-
-def _signature(tensors: list) -> tuple:
-    return tuple((id(t), t.shape, t.dtype, t.device) for t in tensors)
-
-
-class _Kept:
-    """A step's parameter-sized buffers, allocated for one parameter set and reused by every step.
-
-    ``x`` (the backup) covers the perturbed parameters. ``grad`` (the .grad tensors become
-    views of it), ``g0``, the accumulators and the antithetic stash cover the parameters
-    with a gradient, ordered perturbed-first within each buffer so that their perturbed part
-    is a prefix: memory="sums" draws each perturbation into the prefix of ``grad`` (free
-    until the pass refills it), and SAM's direction reads the prefix of ``g0``. memory="lean"
-    keeps g0 in ``grad`` itself and draws into a buffer ``e`` of its own.
-    """
-
-    def __init__(self, perturbed: list, graded: list, slots: int, stash: bool, lean: bool):
-        self.key = (_signature(perturbed), _signature(graded), slots, stash, lean)
-        self.graded = graded
-        self.outer, self.inner = _Layout(perturbed), _Layout(graded)
-        # FSDP2: x holds this rank's shards, everything else is full-size (see _Shards)
-        self.sharded = any(_is_sharded(p) for p in perturbed)
-        local = _Layout([_local(p) for p in perturbed]) if self.sharded else self.outer
-        self.x = local.zeros()
-        self.x_views = local.views(self.x)
-        self.grad = self.inner.zeros()
-        self.grad_views = self.inner.views(self.grad)
-        self.g0 = self.grad if lean else self.inner.zeros()
-        self.g0_views = self.inner.views(self.g0)
-        self.acc = [] if lean else [self.inner.zeros() for _ in range(slots)]
-        self.stash = self.inner.zeros() if stash and not lean else []
-        self.e = self.outer.zeros() if lean else self.outer.prefixes(self.grad, self.inner)
-        self.e_views = self.outer.views(self.e)
-        self.e_local = [_rows_of(v, p) for v, p in zip(self.e_views, perturbed)] if self.sharded else self.e_views
-        self.g0_prefix = self.outer.prefixes(self.g0, self.inner)
-        self._filled: dict = {}
-
-    def per_element(self, name: str, values: list, outer: bool = True) -> float | list:
-        """One number when every tensor has the same value, else buffers of per-element values.
-
-        The buffers of each hyperparameter ``name`` are kept until its values change (a
-        schedule that anneals one group's rho rebuilds them; nothing accumulates).
-        """
-        if len(set(values)) == 1:
-            return float(values[0])
-        values = tuple(values)
-        if self._filled.get(name, (None,))[0] != values:
-            self._filled[name] = (values, (self.outer if outer else self.inner).filled(values))
-        return self._filled[name][1]
-
-    def kept(self) -> int:
-        """Elements held for the step beyond the .grad buffer itself."""
-        lean = self.g0 is self.grad
-        held = [*self.x, *(self.e if lean else self.g0), *self.stash, *(t for a in self.acc for t in a)]
-        return sum(t.numel() for t in held)
-
-
-def _local(p: torch.Tensor) -> torch.Tensor:
-    """The part of a parameter this rank holds: an FSDP2 DTensor's local shard, else the tensor."""
-    return p.to_local() if _is_sharded(p) else p
-
-
-def _is_sharded(p: torch.Tensor) -> bool:
-    return type(p).__name__ == "DTensor" and hasattr(p, "to_local")
-
-
-def _rows_of(full: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """The rows of ``full`` (shaped like p) that this rank's shard of p holds (torch.chunk on dim 0)."""
-    if not _is_sharded(p):
-        return full
-    world, rank = p.device_mesh.size(), p.device_mesh.get_local_rank()
-    start = min(rank * -(-p.shape[0] // world), p.shape[0])
-    return full[start: start + p.to_local().shape[0]]
-
-
-class _Shards:
-    """FSDP2 (``fully_shard``): parameters are DTensors whose rows (dim 0) are split over the ranks.
-
-    A step runs every pass with FSDP's gradient sync off, so FSDP leaves each pass's full
-    (unsharded) gradient of this rank's batch on its unsharded parameter; ``take`` moves it
-    into the step's kept buffers, which stay full-size. Perturbations are drawn full-size too
-    (the same stream as one process) and only this rank's rows are written into the local
-    shards. The combined gradient crosses ranks once, as one reduce-scatter (``scatter``).
-    """
-
-    def __init__(self, model: torch.nn.Module, params: list, error: type):
-        self.model, self.error = model, error
-        self.group = params[0].device_mesh.get_group()
-        self.world = torch.distributed.get_world_size(self.group)
-        self._unsharded: dict | None = None  # id(sharded param) -> FSDPParam, once FSDP has initialized
-
-    def _fsdp_params(self) -> dict:
-        if self._unsharded is None:
-            found = {}
-            for module in self.model.modules():
-                state = module._get_fsdp_state() if hasattr(module, "_get_fsdp_state") else None
-                group = getattr(state, "_fsdp_param_group", None)
-                for fsdp_param in getattr(group, "fsdp_params", ()):
-                    found[id(fsdp_param.sharded_param)] = fsdp_param
-            if not found:
-                raise self.error("parameters are DTensors, but model= is not an FSDP2 (fully_shard) module")
-            self._unsharded = found
-        return self._unsharded
-
-    def unsharded(self, p: torch.Tensor) -> torch.Tensor:
-        """The full parameter FSDP runs the forward with (its gradient lands there)."""
-        return self._fsdp_params()[id(p)].unsharded_param
-
-    def take(self, params: list) -> list:
-        """Each parameter's full gradient of the last pass (None if unreached), cleared in FSDP."""
-        grads = []
-        for p in params:
-            fsdp_param = self._fsdp_params()[id(p)]
-            grad = fsdp_param.unsharded_accumulated_grad
-            if grad is not None:
-                fsdp_param.unsharded_accumulated_grad = None
-            else:
-                grad = fsdp_param.unsharded_param.grad
-                fsdp_param.unsharded_param.grad = None
-            grads.append(grad)
-        return grads
-
-    def no_sync(self) -> contextlib.AbstractContextManager:
-        @contextlib.contextmanager
-        def off():
-            self.model.set_requires_gradient_sync(False)
-            try:
-                yield
-            finally:
-                self.model.set_requires_gradient_sync(True)
-        return off()
-
-    def scatter(self, params: list, fulls: list) -> None:
-        """.grad = this rank's rows of the rank mean of ``fulls``: one reduce-scatter.
-
-        Rank r holds rows [r c, (r + 1) c) of each parameter, c = ceil(rows / world) (torch.chunk),
-        so each parameter is padded to world * c rows and laid out rank-major.
-        """
-        chunks = [-(-p.shape[0] // self.world) * (p.numel() // max(p.shape[0], 1)) for p in params]
-        send = fulls[0].new_zeros(self.world, sum(chunks))
-        offset = 0
-        for full, chunk in zip(fulls, chunks):
-            flat = full.reshape(-1)
-            padded = flat.new_zeros(self.world * chunk)
-            padded[: flat.numel()] = flat
-            send[:, offset: offset + chunk] = padded.view(self.world, chunk)
-            offset += chunk
-        mine = send.new_empty(sum(chunks))
-        torch.distributed.reduce_scatter_tensor(mine, send.view(-1), group=self.group)
-        mine /= self.world
-        offset = 0
-        for p, chunk in zip(params, chunks):
-            local = p.to_local()
-            shard = mine[offset: offset + local.numel()].view(local.shape).clone()
-            p.grad = type(p).from_local(shard, p.device_mesh, p.placements, shape=p.shape, stride=p.stride())
-            offset += chunk
-
-
-class _PowerIteration:
-    """The unit vector u of an "eigenvector" sample group, kept across steps (one per optimizer).
-
-    Each step proposes sign H u + shift u from its perturbed pair (``propose``); a step that
-    goes through makes it, normalized, the next u (``commit``: averaged over ranks first, since
-    each rank's H u comes from its own batch). It starts as a random unit vector.
-    """
-
-    def __init__(self) -> None:
-        self.u: list | None = None
-        self.pending: list | None = None
-        self.proposed = False
-
-    def vector(self, kept: _Kept, generator: torch.Generator) -> list:
-        shapes = [t.shape for t in kept.e]
-        if self.u is None or [t.shape for t in self.u] != shapes:
-            self.u = [torch.empty_like(t) for t in kept.e]
-            draw_("sphere", self.u, generator)
-            self.pending = [torch.empty_like(t) for t in kept.e]
-        return self.u
-
-    def propose(self, kept: _Kept, plus: list, minus: list | None, step: float, group: GroupSpec) -> None:
-        """pending = sign (plus - minus) / step + shift u over the perturbed prefix (minus None: plus alone)."""
-        torch._foreach_copy_(self.pending, kept.outer.prefixes(plus, kept.inner))
-        if minus is not None:
-            torch._foreach_sub_(self.pending, kept.outer.prefixes(minus, kept.inner))
-        torch._foreach_mul_(self.pending, group.sign / step)
-        if group.shift:
-            torch._foreach_add_(self.pending, self.u, alpha=group.shift)
-        self.proposed = True
-
-    def commit(self, ranks: "_Ranks") -> None:
-        if not self.proposed:
-            return
-        if ranks.sync:
-            ranks.mean_(self.pending)
-        norm = _global_norm(self.pending)
-        torch._foreach_div_(self.pending, norm.clamp_min(torch.finfo(norm.dtype).tiny))
-        self.u, self.pending, self.proposed = self.pending, self.u, False
-
-    def state(self) -> list | None:
-        return None if self.u is None else [t.clone() for t in self.u]
-
-    def load(self, u: list | None) -> None:
-        self.u = None if u is None else [t.clone() for t in u]
-        self.pending = None if u is None else [torch.empty_like(t) for t in u]
-
-
-class _Ranks:
-    """The data-parallel side of a step; with mode None every method does nothing.
-
-    "sync" makes the ranks one optimizer on the global batch; "per-rank" keeps each rank's
-    perturbations and losses local (the m-sharpness of the SAM paper) and shares only the
-    combined gradient. Either way gradients cross ranks once per step, averaged like DDP's.
-    """
-
-    def __init__(self, mode: str | None, group: Any = None, model: torch.nn.Module | None = None,
-                 shards: _Shards | None = None):
-        ddp = getattr(torch.nn.parallel, "DistributedDataParallel", ())
-        self.ddp = model if isinstance(model, ddp) else None
-        self.shards = shards
-        if group is None and self.ddp is not None:
-            group = self.ddp.process_group
-        self.mode, self.group = mode, group
-        self.world = torch.distributed.get_world_size(group) if mode else 1
-        self.rank = torch.distributed.get_rank(group) if mode else 0
-
-    @property
-    def sync(self) -> bool:
-        return self.mode == "sync"
-
-    def mean_(self, tensors: list) -> None:
-        """Average each tensor over the ranks in place: one all-reduce per tensor."""
-        if self.mode is None:
-            return
-        for t in tensors:
-            torch.distributed.all_reduce(t, group=self.group)
-        torch._foreach_div_(tensors, self.world)
-
-    def global_loss(self, loss: torch.Tensor) -> torch.Tensor:
-        """In sync mode, the loss averaged over ranks: the mean loss of the global batch."""
-        if not self.sync:
-            return loss
-        loss = loss.clone()  # never all-reduce into the caller's tensor
-        self.mean_([loss])
-        return loss
-
-    def no_sync(self) -> contextlib.AbstractContextManager:
-        """Closure calls must not make a DDP model all-reduce each backward: the step does it once."""
-        if self.shards is not None:
-            return self.shards.no_sync()
-        return self.ddp.no_sync() if self.ddp is not None else contextlib.nullcontext()
-
-    def _source(self) -> int:
-        return 0 if self.group is None else torch.distributed.get_global_rank(self.group, 0)
-
-    def agree(self, configuration: str, error: type) -> None:
-        """Check that every rank was built with the same configuration: one all-gather of a hash.
-
-        A mismatch raises ``error`` on every rank (each sees all hashes), before any rank
-        starts a collective the others would not match.
-        """
-        if self.mode is None:
-            return
-        digest = int.from_bytes(hashlib.sha256(configuration.encode()).digest()[:8], "little", signed=True)
-        nccl = torch.distributed.get_backend(self.group) == "nccl"
-        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
-        mine = torch.tensor([digest], dtype=torch.int64, device=device)
-        everyone = [torch.empty_like(mine) for _ in range(self.world)]
-        torch.distributed.all_gather(everyone, mine, group=self.group)
-        differ = [r for r, h in enumerate(everyone) if not torch.equal(h, everyone[0])]
-        if differ:
-            raise error(f"the ranks were built with different optimizer configurations (ranks {differ} differ "
-                        f"from rank 0; this rank's: {configuration}): every rank must construct the same "
-                        "optimizer class with the same options")
-
-    def share_(self, generator: torch.Generator, params: list) -> None:
-        """Start every rank from rank 0's generator state and (unless DDP did) parameters."""
-        if self.mode is None:
-            return
-        state = [generator.get_state()]
-        torch.distributed.broadcast_object_list(state, src=self._source(), group=self.group)
-        generator.set_state(state[0])
-        if self.mode == "per-rank":
-            self.split_(generator)
-        if self.ddp is None and self.shards is None:  # DDP broadcast its parameters; FSDP holds one copy
-            for p in params:
-                torch.distributed.broadcast(p.data, src=self._source(), group=self.group)
-
-    def split_(self, generator: torch.Generator) -> None:
-        """Per-rank streams from a shared state: rank r reseeds with (a draw of it) + r."""
-        seed = torch.randint(0, 2**62, (), generator=generator, device=generator.device)
-        generator.manual_seed(int(seed) + self.rank)
-
-
 #: How Delta is formed from the losses around x (see PhiPsiSAM's ``difference``).
 DIFFERENCES = ("one-sided", "antithetic", "control")
 #: Hyperparameters that shape the whole step: every param group must agree on them.
-_STEP_WIDE = ("n_samples", "estimator", "difference", "relative", "clip")
+STEP_WIDE = ("n_samples", "estimator", "difference", "relative", "clip")
 #: Used when neither the caller nor the class's ``recommended`` sets a hyperparameter.
-_FALLBACK = dict(strength=1.0, relative=False, n_samples=None, estimator="auto", difference="one-sided",
+FALLBACK = dict(strength=1.0, relative=False, n_samples=None, estimator="auto", difference="one-sided",
                  adaptive=False, eta=0.01)
 #: Default |rho v| as a fraction of the perturbed parameters' norm (see PhiPsiSAM._default_rho).
 #: Measured on the digits MLP (docs/results.md): 0.005 and 0.05 let the regularizer's noise
@@ -612,7 +43,7 @@ POINT_RADIUS = 0.01
 
 
 @dataclass(frozen=True)
-class _Settings:
+class Settings:
     """What one step does, from the param groups (rho is the reference radius Delta divides by)."""
 
     n_samples: int
@@ -623,7 +54,7 @@ class _Settings:
     clip: float | None
 
 
-class _RunningMean:
+class RunningMean:
     """A bias-corrected exponential mean of |target - target at H = 0|, kept on the device (``relative=True``)."""
 
     decay = 0.99
@@ -652,7 +83,7 @@ class _RunningMean:
 
 
 @dataclass
-class _Step:
+class Step:
     """One step's working set: what the passes share, and what a failure must put back."""
 
     perturbed: list
@@ -660,14 +91,14 @@ class _Step:
     stats: list                         # running statistics (BatchNorm)
     stats_before: list                  # views of kept copies: before the step, after the clean pass
     stats_clean: list
-    rng: _CommonRandomNumbers
+    rng: CommonRandomNumbers
     d: int
-    cfg: _Settings
+    cfg: Settings
     backup: list                        # views of x (kept), for the perturbed parameters
     where: str = "unperturbed point"
     losses: list = field(default_factory=list)       # every pass's loss (the global mean in sync mode)
     reached: list = field(default_factory=list)      # parameters the clean pass gave a gradient
-    kept: Any = None                                 # _Kept: the flat buffers of this parameter set
+    kept: Any = None                                 # Kept: the flat buffers of this parameter set
     weights: list = field(default_factory=list)      # memory="lean": W[group][i], the weight of g_i
     linear: list = field(default_factory=list)       # difference="control": g0 . e of each perturbed point
     writable: list = field(default_factory=list)     # the perturbed parameters' tensors to write (FSDP2: local shards)
@@ -679,7 +110,6 @@ class _Step:
     backwards: int = 0                               # backward passes that reached the witness parameter
 
 
-# ----------------------------------------------------------------------------- optimizer
 class PhiPsiSAM(torch.optim.Optimizer):
     """Base class of generated (phi, psi, mu)-SAM optimizers; subclasses set the class attributes.
 
@@ -708,7 +138,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
     scale: Callable = staticmethod(lambda d, rho: torch.ones_like(d))   # target = scale * S + offset
     offset: Callable = staticmethod(lambda d, rho: torch.zeros_like(d))
     recommended: dict = {}              # the class's defaults for the hyperparameters (and "radius")
-    Error: type = OptimizerError        # sharpc.optim sets sharpc.errors.OptimizerError
+    Error: type = OptimizerError        # sharpc.errors.OptimizerError (a local class in standalone modules)
     _stepping: bool = False             # inside step(): zero_grad leaves .grad to the step
 
     def __init__(self, params, base_optimizer: type = torch.optim.SGD, *, rho: float | None = None,
@@ -777,7 +207,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         given = dict(rho=rho, strength=strength, relative=relative, n_samples=n_samples, estimator=estimator,
                      difference=difference, adaptive=adaptive, eta=eta)
         hyper = {k: self.recommended.get(k) if v is None else v for k, v in given.items()}
-        hyper = {k: _FALLBACK.get(k) if v is None else v for k, v in hyper.items()}
+        hyper = {k: FALLBACK.get(k) if v is None else v for k, v in hyper.items()}
         if nonfinite not in ("raise", "skip", "ignore"):
             raise self.Error(f"nonfinite must be 'raise', 'skip' or 'ignore', got {nonfinite!r}")
         if memory not in ("sums", "lean"):
@@ -800,7 +230,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
             raise self.Error(f"grad_scaler must be a torch.amp.GradScaler, got {type(grad_scaler).__name__}")
 
         hyper.update(self._step_defaults(hyper["estimator"], hyper["n_samples"]))
-        params = [_materialized(g) for g in params]  # read twice: for the default rho, then by torch
+        params = [materialized(g) for g in params]  # read twice: for the default rho, then by torch
         if hyper["rho"] is None:
             hyper["rho"] = self._default_rho(params)
         super().__init__(params, dict(perturb=True, **hyper, **base_kwargs))
@@ -812,10 +242,10 @@ class PhiPsiSAM(torch.optim.Optimizer):
         self._settings()  # validates every group now, not at the first step
         self.sharpness: torch.Tensor | None = None
         self.skipped_steps = 0
-        self._magnitude = _RunningMean()
-        self._power = _PowerIteration()
+        self._magnitude = RunningMean()
+        self._power = PowerIteration()
         self._last_buffers: float | None = None
-        self._kept: _Kept | None = None           # flat buffers, kept while the parameter set is unchanged
+        self._kept: Kept | None = None           # flat buffers, kept while the parameter set is unchanged
         self._stats_kept: tuple | None = None     # kept copies of the running statistics
         self._constants: dict = {}                 # the target's scale and offset at the last (d, rho)
         device = self.param_groups[0]["params"][0].device
@@ -827,16 +257,16 @@ class PhiPsiSAM(torch.optim.Optimizer):
             raise self.Error(f"the generator is on {generator.device} but the parameters are on {device}")
         self.generator = generator
         self._dimension(self._perturbed())
-        self._ranks = _Ranks(distributed, process_group, model, self._sharding(model, distributed))
-        self._ranks.agree(self._configuration(execution=True), self.Error)
+        self._ranks = Ranks(distributed, process_group, model, self._sharding(model, distributed))
+        self._ranks.agree(self._configuration(execution=True))
         self._ranks.share_(self.generator, [p for g in self.param_groups for p in g["params"]])
         if self.derivatives != "symbolic":  # the autograd path differentiates psi by forward mode
-            _load_forward_ad()
+            load_forward_ad()
 
-    def _sharding(self, model: torch.nn.Module | None, distributed: str | None) -> _Shards | None:
-        """FSDP2 support (see _Shards), when the parameters are DTensors; what it does not cover is refused."""
+    def _sharding(self, model: torch.nn.Module | None, distributed: str | None) -> Shards | None:
+        """FSDP2 support (see Shards), when the parameters are DTensors; what it does not cover is refused."""
         params = [p for g in self.param_groups for p in g["params"]]
-        sharded = [p for p in params if _is_sharded(p)]
+        sharded = [p for p in params if is_sharded(p)]
         if not sharded:
             return None
         why = None
@@ -853,7 +283,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
             why = "adaptive perturbations need the full parameters"
         if why:
             raise self.Error(f"FSDP2 (DTensor parameters): {why}")
-        return _Shards(model, sharded, self.Error)
+        return Shards(model, sharded)
 
     def _step_defaults(self, estimator: str, n_samples: int | None) -> dict:
         """Resolve estimator="auto" and n_samples=None, so the param groups show what a step does."""
@@ -876,8 +306,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
         d = sum(p.numel() for p in tensors)
         if d == 0:
             return 1.0  # the constructor refuses this below, with the reason
-        norm = _global_norm([_local(p).detach() for p in tensors])
-        sharded = [p for p in tensors if _is_sharded(p)]
+        norm = global_norm([local_shard(p).detach() for p in tensors])
+        sharded = [p for p in tensors if is_sharded(p)]
         if sharded:  # FSDP2: the local shards' squared norms, summed over the shard group
             squared = norm.square()
             torch.distributed.all_reduce(squared, group=sharded[0].device_mesh.get_group())
@@ -889,7 +319,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
                    "hypercube": first.half_width * (d / 3) ** 0.5}.get(first.kind, 1.0)
         return self.recommended.get("radius", DEFAULT_RADIUS if random else POINT_RADIUS) * norm / typical
 
-    def _settings(self) -> _Settings:
+    def _settings(self) -> Settings:
         """The step's hyperparameters, read from the param groups and checked."""
         for group in self.param_groups:
             rho, strength, eta = group["rho"], group["strength"], group["eta"]
@@ -900,7 +330,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
             if not (isinstance(eta, (int, float)) and 0 <= eta < float("inf")):
                 raise self.Error(f"eta must be a non-negative finite number, got {eta!r}")
         first = self.param_groups[0]
-        for key in _STEP_WIDE:
+        for key in STEP_WIDE:
             values = {repr(g[key]) for g in self.param_groups}
             if len(values) > 1:
                 raise self.Error(f"{key} shapes the whole step, so every param group must have the same "
@@ -929,7 +359,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
                              "pass clip=None")
         perturbed = [g for g in self.param_groups if g["perturb"] and g["params"]]
         rho = float((perturbed or self.param_groups)[0]["rho"])
-        return _Settings(n, estimator, difference, first["relative"], rho, clip)
+        return Settings(n, estimator, difference, first["relative"], rho, clip)
 
     def _distributed_mode(self, mode: str | None, model: torch.nn.Module | None, group: Any) -> str | None:
         """Resolve ``distributed``; "auto" warns where ranks would silently step apart."""
@@ -976,7 +406,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         """Accumulators: one per psi component (plugin) or per power sum (unbiased)."""
         return self._slots(self._settings())
 
-    def _slots(self, cfg: _Settings) -> int:
+    def _slots(self, cfg: Settings) -> int:
         return len(self.power_sums) if cfg.estimator == "unbiased" else self.m
 
     @property
@@ -1081,7 +511,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         if closure is None:
             raise self.Error(f"{type(self).__name__}.step needs a closure that computes the loss "
                              "and calls loss.backward()")
-        if not _STEP_LOCK.acquire(blocking=False):
+        if not STEP_LOCK.acquire(blocking=False):
             raise self.Error("another thread is inside a sharpc optimizer step: common random numbers replay "
                              "the global RNG, so concurrent steps would draw each other's dropout masks; step "
                              "sharpc optimizers from one thread at a time")
@@ -1090,7 +520,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
             return self._step(closure)
         finally:
             self._stepping = False
-            _STEP_LOCK.release()
+            STEP_LOCK.release()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """As torch's, except inside a step, where the step itself clears .grad before each pass."""
@@ -1128,23 +558,23 @@ class PhiPsiSAM(torch.optim.Optimizer):
             self.grad_scaler.step(self.base_optimizer)
         return loss0
 
-    def _start(self, cfg: _Settings) -> _Step:
+    def _start(self, cfg: Settings) -> Step:
         """The step's working set, with x and the running statistics copied into kept buffers."""
         perturbed, trainable = self._perturbed(), self._trainable()
-        stats = _running_stats(self.model)
-        if self._stats_kept is None or self._stats_kept[0] != _signature(stats):
-            layout = _Layout(stats)
-            self._stats_kept = (_signature(stats), layout.views(layout.zeros()), layout.views(layout.zeros()))
+        stats = running_stats(self.model)
+        if self._stats_kept is None or self._stats_kept[0] != signature(stats):
+            layout = Layout(stats)
+            self._stats_kept = (signature(stats), layout.views(layout.zeros()), layout.views(layout.zeros()))
         _, before, clean = self._stats_kept
         kept = self._kept
-        if kept is None or kept.key[0] != _signature(perturbed):  # x is needed before the clean pass
+        if kept is None or kept.key[0] != signature(perturbed):  # x is needed before the clean pass
             ids = {id(p) for p in perturbed}  # graded as when the closure reaches every parameter
             graded = perturbed + [p for p in trainable if id(p) not in ids]
-            kept = self._kept = _Kept(perturbed, graded, self._slots(cfg), cfg.difference == "antithetic",
+            kept = self._kept = Kept(perturbed, graded, self._slots(cfg), cfg.difference == "antithetic",
                                       self.memory == "lean")
-        s = _Step(perturbed, trainable, stats, before, clean,
-                  _CommonRandomNumbers({p.device for p in trainable}), self._dimension(perturbed), cfg, kept.x_views)
-        s.writable = [_local(p) for p in perturbed]
+        s = Step(perturbed, trainable, stats, before, clean,
+                  CommonRandomNumbers({p.device for p in trainable}), self._dimension(perturbed), cfg, kept.x_views)
+        s.writable = [local_shard(p) for p in perturbed]
         torch._foreach_copy_(s.backup, s.writable)
         if stats:
             torch._foreach_copy_(before, stats)
@@ -1153,7 +583,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
             p.grad = None
         return s
 
-    def _clean_pass(self, closure: Callable, s: _Step) -> torch.Tensor:
+    def _clean_pass(self, closure: Callable, s: Step) -> torch.Tensor:
         """L(x) (this rank's) and g0 in the kept buffers; its RNG state is replayed for every later pass.
 
         Afterwards the .grad of every parameter with a gradient is a view of the kept ``grad`` buffer.
@@ -1169,10 +599,10 @@ class PhiPsiSAM(torch.optim.Optimizer):
         perturbed = {id(p) for p in s.perturbed}
         graded = s.perturbed + [p for p in reached if id(p) not in perturbed]
         lean = self.memory == "lean"
-        key = (_signature(s.perturbed), _signature(graded), self._slots(s.cfg), s.cfg.difference == "antithetic", lean)
+        key = (signature(s.perturbed), signature(graded), self._slots(s.cfg), s.cfg.difference == "antithetic", lean)
         if self._kept.key != key:
             backup = self._kept.x
-            self._kept = _Kept(s.perturbed, graded, *key[2:])
+            self._kept = Kept(s.perturbed, graded, *key[2:])
             torch._foreach_copy_(self._kept.x, backup)
         s.kept = kept = self._kept
         s.backup = kept.x_views
@@ -1190,7 +620,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
             torch._foreach_copy_(s.stats_clean, s.stats)
         return loss0
 
-    def _watch(self, s: _Step) -> None:
+    def _watch(self, s: Step) -> None:
         """Count backward passes: a parameter the clean pass reached is reached by every pass that calls backward."""
         def counted(_: torch.Tensor) -> None:
             s.backwards += 1
@@ -1198,12 +628,12 @@ class PhiPsiSAM(torch.optim.Optimizer):
         target = self._ranks.shards.unsharded(first) if self._ranks.shards else first
         s.witness = target.register_post_accumulate_grad_hook(counted)
 
-    def _called_backward(self, s: _Step, before: int) -> None:
+    def _called_backward(self, s: Step, before: int) -> None:
         if s.backwards == before:
             raise self.Error(f"the closure did not call loss.backward() at the {s.where}; it must on every "
                              "call that runs with gradients enabled (the step clears them before each call)")
 
-    def _agree(self, s: _Step, loss0, sharpness, coefficients) -> tuple:
+    def _agree(self, s: Step, loss0, sharpness, coefficients) -> tuple:
         """(loss0, R, whether the step is finite), alike on every rank; the step's one host read.
 
         In per-rank mode losses differ between ranks, so loss0, R and the verdict are averaged
@@ -1225,7 +655,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
             loss0, sharpness, finite = shared[0], shared[1], shared[2] == 0
         return loss0, sharpness, (not check) or bool(finite.item())
 
-    def _skip(self, s: _Step, loss0: torch.Tensor) -> torch.Tensor:
+    def _skip(self, s: Step, loss0: torch.Tensor) -> torch.Tensor:
         """A non-finite step: restore everything, then raise or count it."""
         self._undo(s)
         if self.nonfinite == "raise":
@@ -1253,7 +683,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
                           "(nonfinite='skip' skips such steps instead)")
 
     # memory="sums": every perturbed pass's direction goes into running sums right away.
-    def _summed_passes(self, closure: Callable, s: _Step, loss0: torch.Tensor) -> tuple:
+    def _summed_passes(self, closure: Callable, s: Step, loss0: torch.Tensor) -> tuple:
         kept = s.kept
         loss0 = self._ranks.global_loss(loss0)
         s.losses.append(loss0)
@@ -1296,7 +726,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         torch._foreach_mul_(acc, torch.exp(top - new_top).to(acc[0].dtype))
         return torch.exp(exponent - new_top).to(acc[0].dtype)
 
-    def _summed_gradient(self, s: _Step, coefficients: torch.Tensor) -> None:
+    def _summed_gradient(self, s: Step, coefficients: torch.Tensor) -> None:
         """.grad = g0 + strength * sum_slot coefficient * accumulator, averaged over ranks.
 
         Parameters the clean pass did not reach get None.
@@ -1327,19 +757,19 @@ class PhiPsiSAM(torch.optim.Optimizer):
         torch._foreach_copy_(kept.grad, kept.g0)
         self._forget_unreached(s)
 
-    def _strengths(self, s: _Step) -> float | list:
+    def _strengths(self, s: Step) -> float | list:
         """Each graded parameter's group strength: one number, or per-element buffers."""
         return self._per_element(s, "strength", outer=False)
 
-    def _per_element(self, s: _Step, key: str, outer: bool = True) -> float | list:
-        """A hyperparameter of the perturbed (outer) or graded parameters' groups, as _Kept.per_element gives it."""
+    def _per_element(self, s: Step, key: str, outer: bool = True) -> float | list:
+        """A hyperparameter of the perturbed (outer) or graded parameters' groups, as Kept.per_element gives it."""
         groups = [g for g in self.param_groups if not outer or g["perturb"]]
         if len({float(g[key]) for g in groups}) == 1:
             return float(groups[0][key])
         value_of = {id(p): float(g[key]) for g in groups for p in g["params"]}
         return s.kept.per_element(key, [value_of[id(p)] for p in (s.perturbed if outer else s.kept.graded)], outer)
 
-    def _perturbed_pass(self, closure: Callable, s: _Step, loss0: torch.Tensor,
+    def _perturbed_pass(self, closure: Callable, s: Step, loss0: torch.Tensor,
                         linear: torch.Tensor | None, group: GroupSpec) -> torch.Tensor:
         """Delta of one sample; its direction grad Delta * rho**2 is left in the kept ``grad``."""
         kept = s.kept
@@ -1360,13 +790,13 @@ class PhiPsiSAM(torch.optim.Optimizer):
         return self._delta(loss, loss0, linear, s.cfg)
 
     @staticmethod
-    def _delta(loss: torch.Tensor, loss0: torch.Tensor, linear: torch.Tensor | None, cfg: _Settings) -> torch.Tensor:
+    def _delta(loss: torch.Tensor, loss0: torch.Tensor, linear: torch.Tensor | None, cfg: Settings) -> torch.Tensor:
         """Delta = (L(x + e) - L(x) [- g0 . e]) / rho**2, the estimate of v^T H v / 2."""
         if linear is not None:
             loss = loss - linear
         return (loss - loss0) / cfg.rho ** 2
 
-    def _pass(self, closure: Callable, s: _Step) -> torch.Tensor:
+    def _pass(self, closure: Callable, s: Step) -> torch.Tensor:
         s.rng.rewind()
         torch._foreach_zero_(s.kept.grad)
         before = s.backwards
@@ -1382,7 +812,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         return loss
 
     @staticmethod
-    def _readopt(s: _Step, accumulate: bool) -> None:
+    def _readopt(s: Step, accumulate: bool) -> None:
         """Make .grad views of the kept buffer again where the closure replaced them.
 
         ``model.zero_grad()`` inside the closure sets .grad to None, and backward then
@@ -1396,7 +826,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
                 p.grad = view
 
     # memory="lean": losses first (forward only), then weights, then weighted backward passes.
-    def _lean_losses(self, closure: Callable, s: _Step, loss0: torch.Tensor) -> tuple:
+    def _lean_losses(self, closure: Callable, s: Step, loss0: torch.Tensor) -> tuple:
         """The loss at every perturbed point, forward only; R, phi' and each gradient's weight W."""
         if self._ranks.sync and self._reads_g0(s.cfg):
             self._ranks.mean_(s.kept.g0)
@@ -1440,7 +870,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
                               for i, delta in enumerate(group_deltas)])
         return loss0, sharpness, coefficients
 
-    def _lean_gradient(self, closure: Callable, s: _Step) -> None:
+    def _lean_gradient(self, closure: Callable, s: Step) -> None:
         """.grad = (1 - sum W) g0 + sum_i W_i g_i by weighted backward passes, averaged over ranks.
 
         The generator is rewound so every point is drawn again exactly, and a hook scales each
@@ -1478,7 +908,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         self._ranks.mean_(s.kept.grad)  # the step's one gradient all-reduce
         self._forget_unreached(s)
 
-    def _forward(self, closure: Callable, s: _Step) -> torch.Tensor:
+    def _forward(self, closure: Callable, s: Step) -> torch.Tensor:
         """A loss-only closure call (no graph, no gradient) with the clean pass's RNG state."""
         s.rng.rewind()
         try:
@@ -1491,7 +921,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
                              "call loss.backward() only when torch.is_grad_enabled()") from error
         return self._checked(loss)
 
-    def _backward(self, closure: Callable, s: _Step) -> None:
+    def _backward(self, closure: Callable, s: Step) -> None:
         """A closure call whose gradient (scaled by the hooks) adds to .grad."""
         s.rng.rewind()
         before = s.backwards
@@ -1500,7 +930,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         self._readopt(s, accumulate=True)
 
     # ------------------------------------------------------------------ shared pieces
-    def _reads_g0(self, cfg: _Settings) -> bool:
+    def _reads_g0(self, cfg: Settings) -> bool:
         """Whether perturbations (SAM's direction) or Deltas (the control variate) use g0."""
         return cfg.difference == "control" or any(g.kind == "dirac" for g in self.sample_groups)
 
@@ -1517,7 +947,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
             raise self.Error(f"the closure must return the loss as a 0-d tensor, got {shape}")
         return loss.detach().to(torch.promote_types(loss.dtype, torch.float32))
 
-    def _perturb(self, group: GroupSpec, s: _Step, linear: bool = False) -> torch.Tensor | None:
+    def _perturb(self, group: GroupSpec, s: Step, linear: bool = False) -> torch.Tensor | None:
         """Write x + e, e = rho * a * v, into the perturbed parameters (a = |x| + eta when adaptive).
 
         e is built in the kept flat buffer ``e``, one kernel per operation. Each parameter
@@ -1529,7 +959,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         if group.kind == "dirac":  # SAM: v = a g0 / |a g0|, so the step is rho a^2 g0 / |a g0| (ASAM)
             torch._foreach_copy_(e, kept.g0_prefix)
             self._scale_adaptive(s, group.adaptive)
-            torch._foreach_div_(e, _global_norm(e).clamp_min(torch.finfo(e[0].dtype).tiny))
+            torch._foreach_div_(e, global_norm(e).clamp_min(torch.finfo(e[0].dtype).tiny))
         elif group.kind == "point":  # e_i indexes the parameters flattened in order, not the buffers
             draw_("point", kept.e_views, support=group.support)
         elif group.kind == "eigenvector":
@@ -1558,7 +988,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
             torch._foreach_copy_(s.writable, kept.e_views)
         return dot
 
-    def _scale_adaptive(self, s: _Step, measure_is_adaptive: bool) -> None:
+    def _scale_adaptive(self, s: Step, measure_is_adaptive: bool) -> None:
         """e *= |x| + eta where the measure or the parameter's group is adaptive."""
         adaptive = 1.0 if measure_is_adaptive else self._per_element(s, "adaptive")
         if adaptive == 0.0:
@@ -1568,23 +998,24 @@ class PhiPsiSAM(torch.optim.Optimizer):
             factor = [torch.where(mask > 0, f, 1) for f, mask in zip(factor, adaptive)]
         torch._foreach_mul_(s.kept.e, factor)
 
-    def _reflect(self, s: _Step) -> None:
+    def _reflect(self, s: Step) -> None:
         """x + e -> x - e, with e exactly the applied offset (x + e) - x."""
         torch._foreach_sub_(s.writable, s.backup)
         torch._foreach_neg_(s.writable)
         torch._foreach_add_(s.writable, s.backup)
 
-    def _back_to_x(self, s: _Step) -> None:
+    def _back_to_x(self, s: Step) -> None:
         """x bit-exactly, with BatchNorm statistics and the global RNG as the clean pass left them."""
         torch._foreach_copy_(s.writable, s.backup)
         if s.stats:
             torch._foreach_copy_(s.stats, s.stats_clean)
         s.rng.finish()
 
-    def _weights(self, group: int, delta: torch.Tensor, d: torch.Tensor, cfg: _Settings):
+    def _weights(self, group: int, delta: torch.Tensor, d: torch.Tensor, cfg: Settings):
         """(slot, weight) pairs: how much of this sample's direction each accumulator takes (None: all of it)."""
         if cfg.estimator == "plugin":
-            slopes = self.psi_slopes(delta, d) if self.derivatives == "symbolic" else _slopes(self.psi, delta, d)
+            symbolic = self.derivatives == "symbolic"
+            slopes = self.psi_slopes(delta, d) if symbolic else autodiff_slopes(self.psi, delta, d)
             return [(c, slopes[c]) for c in self.sample_groups[group].components]
         return [(slot, None if k == 1 else delta if k == 2 else delta ** (k - 1))  # None: weight 1
                 for slot, (a, k) in enumerate(self.power_sums) if a == group]
@@ -1604,7 +1035,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
                 means[c] = top + torch.log(totals[c]) - math.log(len(samples))
         return means, totals, terms
 
-    def _combine(self, deltas: list, d: torch.Tensor, cfg: _Settings, dim: int,
+    def _combine(self, deltas: list, d: torch.Tensor, cfg: Settings, dim: int,
                  log_weights: list) -> tuple[torch.Tensor, torch.Tensor]:
         """The target estimate and each accumulator's coefficient in the final gradient (before strength).
 
@@ -1626,7 +1057,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
                     means[c], counts[c] = values[c].mean(), len(samples)
             ts = torch.stack(means)
             value, slopes = ((self.phi(ts, d), self.phi_grad(ts, d)) if self.derivatives == "symbolic"
-                             else _value_and_grad(self.phi, ts, d))
+                             else value_and_grad(self.phi, ts, d))
             # (a mean over count samples: slope / count; one count for all needs no tensor)
             if all(isinstance(c, int) for c in counts):
                 slopes = slopes / (counts[0] if len(set(counts)) == 1 else slopes.new_tensor(counts))
@@ -1636,7 +1067,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         else:
             sums = torch.stack([(deltas[a] ** k).sum() for a, k in self.power_sums])
             value, slopes = ((self.ustat(sums, n, d), self.ustat_grad(sums, n, d)) if self.derivatives == "symbolic"
-                             else _value_and_grad(self.ustat, sums, n, d))
+                             else value_and_grad(self.ustat, sums, n, d))
             slopes = torch.stack([s * k for s, (_, k) in zip(slopes.unbind(), self.power_sums)])
         scale, offset, shift = self._target_constants(dim, d, cfg.rho)
         estimate = (scale * value + offset).to(value.dtype)
@@ -1673,13 +1104,13 @@ class PhiPsiSAM(torch.optim.Optimizer):
         with torch.no_grad():
             return self.phi(self.psi(d.new_zeros(1), d)[:, 0], d).to(d.dtype)
 
-    def _forget_unreached(self, s: _Step) -> None:
+    def _forget_unreached(self, s: Step) -> None:
         reached = {id(p) for p in s.trainable} if self._ranks.mode else {id(p) for p in s.reached}
         for p in s.trainable:
             if id(p) not in reached:
                 p.grad = None
 
-    def _undo(self, s: _Step) -> None:
+    def _undo(self, s: Step) -> None:
         """Put parameters, running statistics and both RNGs back as they were before the step.
 
         A retried step therefore draws the same perturbations and dropout masks.
