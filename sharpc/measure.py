@@ -123,10 +123,13 @@ class Measure:
 
     def adaptive(self) -> Measure:
         """The same (phi, psi) with every mu replaced by the adaptive mu_x = law of |x| * v."""
-        from .distributions import Adaptive
+        from .distributions import Adaptive, Eigenvector
 
         if all(isinstance(g.distribution, Adaptive) for g in self.groups):
             return self
+        if any(isinstance(g.distribution, Eigenvector) for g in self.groups):
+            raise SharpcError("scale invariance is not available for an eigenvector measure: its power iteration "
+                              "tracks an eigenvector of H, not of diag|x| H diag|x|")
         groups = tuple(SampleGroup(g.distribution if isinstance(g.distribution, Adaptive)
                                    else Adaptive(g.distribution), g.components) for g in self.groups)
         return replace(

@@ -97,7 +97,7 @@ def test_state_dict_saves_and_restores_the_hyperparameters():
     fresh = FrobSAM(model.parameters(), lr=0.1, seed=1)
     fresh.load_state_dict(saved)
     assert fresh.param_groups[0]["rho"] == 0.123 and fresh.param_groups[0]["strength"] == 0.456
-    torch.testing.assert_close(fresh._magnitude.total, opt._magnitude.total)
+    torch.testing.assert_close(fresh._estimator.magnitude.total, opt._estimator.magnitude.total)
 
 
 def test_per_group_rho_and_strength():

@@ -42,8 +42,9 @@ per point straight into .grad, with the perturbations regenerated from a saved g
 
 The pieces, one module each: ``sampling`` (the measures' draws), ``maths`` (autodiff
 fallbacks, polynomial roots), ``replay`` (common random numbers), ``storage`` (flat
-buffers), ``power`` (power iteration), ``ranks`` (communication, FSDP2 shards) and
-``optimizer`` (the step).
+buffers), ``ranks`` (communication, FSDP2 shards), ``power`` (power iteration), ``step``
+(a step's settings and working set), ``estimator`` (S and the weights from the Deltas),
+``accumulate`` (memory="sums" or "lean", chosen at construction) and ``optimizer`` (the step).
 """
 
 import torch  # the generated classes' code refers to torch, GroupSpec, PhiPsiSAM and polynomial_root

@@ -1,20 +1,21 @@
 """PhiPsiSAM: the step (Algorithm 2 of Tahmasebi et al. 2024) on the pieces of this package."""
 
 import functools
-import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..errors import OptimizerError
-from .maths import autodiff_slopes, load_forward_ad, value_and_grad
+from .accumulate import Lean, Sums
+from .estimator import Estimator
+from .maths import load_forward_ad
 from .power import PowerIteration
 from .ranks import Ranks, Shards
 from .replay import STEP_LOCK, CommonRandomNumbers, running_stats
 from .sampling import GroupSpec, draw_, global_norm, lebesgue_log_weight
+from .step import DIFFERENCES, Settings, Step
 from .storage import Kept, Layout, is_sharded, local_shard, signature
 
 
@@ -26,13 +27,11 @@ def materialized(group: Any) -> Any:
     return {**group, "params": [params] if isinstance(params, torch.Tensor) else list(params)}
 
 
-#: How Delta is formed from the losses around x (see PhiPsiSAM's ``difference``).
-DIFFERENCES = ("one-sided", "antithetic", "control")
 #: Hyperparameters that shape the whole step: every param group must agree on them.
 STEP_WIDE = ("n_samples", "estimator", "difference", "relative", "clip")
 #: Used when neither the caller nor the class's ``recommended`` sets a hyperparameter.
 FALLBACK = dict(strength=1.0, relative=False, n_samples=None, estimator="auto", difference="one-sided",
-                 adaptive=False, eta=0.01)
+                adaptive=False, eta=0.01)
 #: Default |rho v| as a fraction of the perturbed parameters' norm (see PhiPsiSAM._default_rho).
 #: Measured on the digits MLP (docs/results.md): 0.005 and 0.05 let the regularizer's noise
 #: raise the targets; 0.2 lowers them, 0.5 most, at equal accuracy.
@@ -40,74 +39,6 @@ DEFAULT_RADIUS = 0.5
 #: The same for measures without a random group (Dirac points read Hessian entries as rho -> 0,
 #: with no sampling noise to average out, so a small radius keeps them near exact).
 POINT_RADIUS = 0.01
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What one step does, from the param groups (rho is the reference radius Delta divides by)."""
-
-    n_samples: int
-    estimator: str
-    difference: str
-    relative: bool
-    rho: float
-    clip: float | None
-
-
-class RunningMean:
-    """A bias-corrected exponential mean of |target - target at H = 0|, kept on the device (``relative=True``)."""
-
-    decay = 0.99
-
-    def __init__(self) -> None:
-        self.total: torch.Tensor | None = None
-        self.count = 0
-        self._pending: torch.Tensor | None = None
-
-    def proposed(self, value: torch.Tensor) -> torch.Tensor:
-        """The mean if ``value`` were added; nothing changes until ``commit``."""
-        total = value.abs() * (1 - self.decay) + (0 if self.total is None else self.total * self.decay)
-        self._pending = total
-        return total / (1 - self.decay ** (self.count + 1))
-
-    def commit(self) -> None:
-        """Keep the proposed value (a step that went through)."""
-        if self._pending is not None:
-            self.total, self.count, self._pending = self._pending, self.count + 1, None
-
-    def state(self) -> dict:
-        return {"total": self.total, "count": self.count}
-
-    def load(self, state: dict) -> None:
-        self.total, self.count = state["total"], state["count"]
-
-
-@dataclass
-class Step:
-    """One step's working set: what the passes share, and what a failure must put back."""
-
-    perturbed: list
-    trainable: list
-    stats: list                         # running statistics (BatchNorm)
-    stats_before: list                  # views of kept copies: before the step, after the clean pass
-    stats_clean: list
-    rng: CommonRandomNumbers
-    d: int
-    cfg: Settings
-    backup: list                        # views of x (kept), for the perturbed parameters
-    where: str = "unperturbed point"
-    losses: list = field(default_factory=list)       # every pass's loss (the global mean in sync mode)
-    reached: list = field(default_factory=list)      # parameters the clean pass gave a gradient
-    kept: Any = None                                 # Kept: the flat buffers of this parameter set
-    weights: list = field(default_factory=list)      # memory="lean": W[group][i], the weight of g_i
-    linear: list = field(default_factory=list)       # difference="control": g0 . e of each perturbed point
-    writable: list = field(default_factory=list)     # the perturbed parameters' tensors to write (FSDP2: local shards)
-    log_weight: Any = None                           # importance groups: log w of the latest sample (float64)
-    log_weights: list = field(default_factory=list)  # log w[group][i] (empty lists for unweighted groups)
-    generator_before: Any = None                     # the perturbation generator's state: a failed step leaves it
-    start: Any = None                                # memory="lean": the generator state before the draws
-    witness: Any = None                              # hook handle counting backward passes (see _watch)
-    backwards: int = 0                               # backward passes that reached the witness parameter
 
 
 class PhiPsiSAM(torch.optim.Optimizer):
@@ -242,12 +173,12 @@ class PhiPsiSAM(torch.optim.Optimizer):
         self._settings()  # validates every group now, not at the first step
         self.sharpness: torch.Tensor | None = None
         self.skipped_steps = 0
-        self._magnitude = RunningMean()
+        self._estimator = Estimator(self)
+        self._accumulation = Lean(self) if memory == "lean" else Sums(self)
         self._power = PowerIteration()
         self._last_buffers: float | None = None
         self._kept: Kept | None = None           # flat buffers, kept while the parameter set is unchanged
         self._stats_kept: tuple | None = None     # kept copies of the running statistics
-        self._constants: dict = {}                 # the target's scale and offset at the last (d, rho)
         device = self.param_groups[0]["params"][0].device
         if generator is None:
             if seed is None:  # derived from the global RNG, so torch.manual_seed reproduces runs
@@ -442,7 +373,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
     def state_dict(self) -> dict:
         state = self.base_optimizer.state_dict()
         state["phi_psi_sam"] = {"generator_state": self.generator.get_state(), "configuration": self._configuration(),
-                                "skipped_steps": self.skipped_steps, "magnitude": self._magnitude.state(),
+                                "skipped_steps": self.skipped_steps, "magnitude": self._estimator.magnitude.state(),
                                 "eigenvector": self._power.state()}
         if self._ranks.mode == "per-rank":
             state["phi_psi_sam"]["rank"] = self._ranks.rank
@@ -464,7 +395,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         self.state = self.base_optimizer.state
         self.generator.set_state(ours["generator_state"])
         self.skipped_steps = ours["skipped_steps"]
-        self._magnitude.load(ours["magnitude"])
+        self._estimator.magnitude.load(ours["magnitude"])
         self._power.load(ours.get("eigenvector"))
         if self._ranks.mode == "per-rank" and ours.get("rank") != self._ranks.rank:
             self._ranks.split_(self.generator)
@@ -529,20 +460,16 @@ class PhiPsiSAM(torch.optim.Optimizer):
 
     def _step(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
         s = self._start(self._settings())
-        lean = self.memory == "lean"
         try:
             loss0 = self._clean_pass(closure, s)
-            loss0, sharpness, coefficients = (self._lean_losses if lean else self._summed_passes)(closure, s, loss0)
+            loss0, sharpness, coefficients = self._accumulation.passes(closure, s, loss0)
             loss0, sharpness, finite = self._agree(s, loss0, sharpness, coefficients)
             self.sharpness = sharpness
             if not finite:
                 return self._skip(s, loss0)
-            self._magnitude.commit()
+            self._estimator.magnitude.commit()
             self._power.commit(self._ranks)
-            if lean:
-                self._lean_gradient(closure, s)
-            else:
-                self._summed_gradient(s, coefficients)
+            self._accumulation.gradient(closure, s, coefficients)
         except BaseException as error:
             self._undo(s)
             if isinstance(error, self.Error) or not isinstance(error, Exception):
@@ -682,81 +609,6 @@ class PhiPsiSAM(torch.optim.Optimizer):
         return self.Error(f"{what}; parameters restored to their pre-step values "
                           "(nonfinite='skip' skips such steps instead)")
 
-    # memory="sums": every perturbed pass's direction goes into running sums right away.
-    def _summed_passes(self, closure: Callable, s: Step, loss0: torch.Tensor) -> tuple:
-        kept = s.kept
-        loss0 = self._ranks.global_loss(loss0)
-        s.losses.append(loss0)
-        if self._ranks.sync and self._reads_g0(s.cfg):  # the direction or Delta uses the global gradient
-            self._ranks.mean_(kept.g0)
-        d = loss0.new_full((), s.d)  # phi and psi see d as a 0-d tensor
-        torch._foreach_zero_([t for acc in kept.acc for t in acc])
-        self._last_buffers = kept.kept() / sum(p.numel() for p in s.trainable)
-        deltas, running_max = [], {}
-        for a, group in enumerate(self.sample_groups):
-            group_deltas = []
-            s.log_weights.append([])
-            for i in range(group.count(s.cfg.n_samples)):
-                s.where = f"perturbed point {i + 1} of {group.count(s.cfg.n_samples)} (sample group {a})"
-                linear = self._perturb(group, s, linear=s.cfg.difference == "control")
-                delta = self._perturbed_pass(closure, s, loss0, linear, group)
-                if group.weighted:
-                    s.log_weights[a].append(s.log_weight)
-                    log_psi = self.psi(delta, d)
-                for slot, weight in self._weights(a, delta, d, s.cfg):
-                    if group.weighted:
-                        exponent = s.log_weight + log_psi[slot]
-                        weight = weight * self._rescaled(kept.acc[slot], running_max, slot, exponent)
-                    for acc, direction in zip(kept.acc[slot], kept.grad):
-                        acc.add_(direction) if weight is None else acc.addcmul_(direction, weight)
-                group_deltas.append(delta)
-            deltas.append(torch.stack(group_deltas))
-        self._back_to_x(s)
-        return (loss0, *self._combine(deltas, d, s.cfg, s.d, s.log_weights))
-
-    @staticmethod
-    def _rescaled(acc: list, running_max: dict, slot: int, exponent: torch.Tensor) -> torch.Tensor:
-        """exp(exponent - M), M the running max of the slot's exponents, with ``acc`` rescaled to the new M.
-
-        An importance-weighted accumulator holds sum_i exp(a_i - M) direction_i, so weights of
-        size exp(d / 2) never overflow; _combine divides by sum_i exp(a_i - M) (see _importance).
-        """
-        top = running_max.get(slot, exponent)
-        running_max[slot] = new_top = torch.maximum(top, exponent)
-        torch._foreach_mul_(acc, torch.exp(top - new_top).to(acc[0].dtype))
-        return torch.exp(exponent - new_top).to(acc[0].dtype)
-
-    def _summed_gradient(self, s: Step, coefficients: torch.Tensor) -> None:
-        """.grad = g0 + strength * sum_slot coefficient * accumulator, averaged over ranks.
-
-        Parameters the clean pass did not reach get None.
-        """
-        kept = s.kept
-        strength = self._strengths(s)
-        weights_of = [[c * w for w in strength] if isinstance(strength, list) else [c * strength] * len(kept.g0)
-                      for c in coefficients.unbind()]
-        if s.cfg.clip is None:
-            for acc_slot, weights in zip(kept.acc, weights_of):
-                for g0, acc, w in zip(kept.g0, acc_slot, weights):
-                    g0.addcmul_(acc, w)
-        else:  # at most clip * |g0|: heavy-tailed estimates (high powers of Delta) cannot throw the step
-            regularizer = kept.acc[0]
-            for slot, (acc_slot, weights) in enumerate(zip(kept.acc, weights_of)):
-                for r, acc, w in zip(regularizer, acc_slot, weights):
-                    r.mul_(w) if slot == 0 else r.addcmul_(acc, w)
-            # norms in float64: gradients scaled by a GradScaler (up to 2**127) overflow a float32 sum of squares
-            size = torch.stack(torch._foreach_norm(regularizer, 2, dtype=torch.float64)).norm()
-            limit = s.cfg.clip * torch.stack(torch._foreach_norm(kept.g0, 2, dtype=torch.float64)).norm()
-            factor = (limit / size.clamp_min(torch.finfo(size.dtype).tiny)).clamp_max(1)
-            for g0, r in zip(kept.g0, regularizer):
-                g0.add_(r.mul_(factor.to(r.dtype)))
-        if self._ranks.shards:  # the step's one gradient reduce-scatter, into DTensor .grad shards
-            self._ranks.shards.scatter(kept.graded, kept.g0_views)
-            return
-        self._ranks.mean_(kept.g0)  # the step's one gradient all-reduce
-        torch._foreach_copy_(kept.grad, kept.g0)
-        self._forget_unreached(s)
-
     def _strengths(self, s: Step) -> float | list:
         """Each graded parameter's group strength: one number, or per-element buffers."""
         return self._per_element(s, "strength", outer=False)
@@ -768,48 +620,6 @@ class PhiPsiSAM(torch.optim.Optimizer):
             return float(groups[0][key])
         value_of = {id(p): float(g[key]) for g in groups for p in g["params"]}
         return s.kept.per_element(key, [value_of[id(p)] for p in (s.perturbed if outer else s.kept.graded)], outer)
-
-    def _perturbed_pass(self, closure: Callable, s: Step, loss0: torch.Tensor,
-                        linear: torch.Tensor | None, group: GroupSpec) -> torch.Tensor:
-        """Delta of one sample; its direction grad Delta * rho**2 is left in the kept ``grad``."""
-        kept = s.kept
-        loss = self._pass(closure, s)
-        if s.cfg.difference == "antithetic":
-            torch._foreach_copy_(kept.stash, kept.grad)
-            self._reflect(s)
-            loss = (loss + self._pass(closure, s)) / 2
-            if group.kind == "eigenvector":  # H u ~ (g(x + rho u) - g(x - rho u)) / (2 rho)
-                self._power.propose(kept, kept.stash, kept.grad, 2 * s.cfg.rho, group)
-            torch._foreach_add_(kept.grad, kept.stash)
-            torch._foreach_mul_(kept.grad, 0.5)
-            torch._foreach_sub_(kept.grad, kept.g0)
-        else:
-            torch._foreach_sub_(kept.grad, kept.g0)
-            if group.kind == "eigenvector":  # H u ~ (g(x + rho u) - g(x)) / rho
-                self._power.propose(kept, kept.grad, None, s.cfg.rho, group)
-        return self._delta(loss, loss0, linear, s.cfg)
-
-    @staticmethod
-    def _delta(loss: torch.Tensor, loss0: torch.Tensor, linear: torch.Tensor | None, cfg: Settings) -> torch.Tensor:
-        """Delta = (L(x + e) - L(x) [- g0 . e]) / rho**2, the estimate of v^T H v / 2."""
-        if linear is not None:
-            loss = loss - linear
-        return (loss - loss0) / cfg.rho ** 2
-
-    def _pass(self, closure: Callable, s: Step) -> torch.Tensor:
-        s.rng.rewind()
-        torch._foreach_zero_(s.kept.grad)
-        before = s.backwards
-        loss = self._ranks.global_loss(self._evaluate(closure))
-        self._called_backward(s, before)
-        if self._ranks.shards:
-            has_grad = [(v, g) for v, g in zip(s.kept.grad_views, self._ranks.shards.take(s.kept.graded))
-                        if g is not None]
-            torch._foreach_copy_([v for v, _ in has_grad], [g for _, g in has_grad])
-        else:
-            self._readopt(s, accumulate=False)
-        s.losses.append(loss)
-        return loss
 
     @staticmethod
     def _readopt(s: Step, accumulate: bool) -> None:
@@ -824,110 +634,6 @@ class PhiPsiSAM(torch.optim.Optimizer):
                 if p.grad is not None:
                     view.add_(p.grad) if accumulate else view.copy_(p.grad)
                 p.grad = view
-
-    # memory="lean": losses first (forward only), then weights, then weighted backward passes.
-    def _lean_losses(self, closure: Callable, s: Step, loss0: torch.Tensor) -> tuple:
-        """The loss at every perturbed point, forward only; R, phi' and each gradient's weight W."""
-        if self._ranks.sync and self._reads_g0(s.cfg):
-            self._ranks.mean_(s.kept.g0)
-        s.start = self.generator.get_state()
-        local, antithetic, control = [loss0], s.cfg.difference == "antithetic", s.cfg.difference == "control"
-        for a, group in enumerate(self.sample_groups):
-            s.log_weights.append([])
-            for i in range(group.count(s.cfg.n_samples)):
-                s.where = f"perturbed point {i + 1} of {group.count(s.cfg.n_samples)} (sample group {a})"
-                s.linear.append(self._perturb(group, s, linear=control))
-                if group.weighted:
-                    s.log_weights[a].append(s.log_weight)
-                local.append(self._forward(closure, s))
-                if antithetic:
-                    self._reflect(s)
-                    local.append(self._forward(closure, s))
-        self._back_to_x(s)
-        losses = torch.stack(local)
-        if self._ranks.sync:
-            self._ranks.mean_([losses])  # all of the step's losses in one scalar all-reduce
-        s.losses = list(losses.unbind())
-        self._last_buffers = s.kept.kept() / sum(p.numel() for p in s.trainable)
-        loss0, rest, linear = s.losses[0], iter(s.losses[1:]), iter(s.linear)
-        d = loss0.new_full((), s.d)
-        deltas = []
-        for group in self.sample_groups:
-            group_deltas = []
-            for _ in range(group.count(s.cfg.n_samples)):
-                loss = next(rest)
-                if antithetic:
-                    loss = (loss + next(rest)) / 2
-                group_deltas.append(self._delta(loss, loss0, next(linear), s.cfg))
-            deltas.append(group_deltas)
-        sharpness, coefficients = self._combine([torch.stack(g) for g in deltas], d, s.cfg, s.d, s.log_weights)
-        s.weights = []
-        for a, group_deltas in enumerate(deltas):
-            factors = self._importance(a, torch.stack(group_deltas), d, s.log_weights[a])[2]
-            s.weights.append([sum((coefficients[slot] * (1 if w is None else w)
-                                   * (factors[slot][i].to(delta.dtype) if slot in factors else 1)
-                                   for slot, w in self._weights(a, delta, d, s.cfg)), loss0.new_zeros(()))
-                              for i, delta in enumerate(group_deltas)])
-        return loss0, sharpness, coefficients
-
-    def _lean_gradient(self, closure: Callable, s: Step) -> None:
-        """.grad = (1 - sum W) g0 + sum_i W_i g_i by weighted backward passes, averaged over ranks.
-
-        The generator is rewound so every point is drawn again exactly, and a hook scales each
-        pass's gradient before autograd adds it to .grad: no per-point buffer ever exists.
-        """
-        total = sum(w for group in s.weights for w in group)
-        strength = self._strengths(s)
-        weight = [None]
-        group_of = {id(p): float(g["strength"]) for g in self.param_groups for p in g["params"]}
-        factors = [group_of[id(p)] for p in s.trainable]
-        hooks = [p.register_hook(lambda g, f=f: g * (weight[0] * f)) for p, f in zip(s.trainable, factors)]
-        self.generator.set_state(s.start)
-        rescaled, antithetic = False, s.cfg.difference == "antithetic"
-        try:
-            # A Dirac group comes first: its direction reads g0 before .grad is rescaled.
-            for a in sorted(range(len(self.sample_groups)), key=lambda a: self.sample_groups[a].kind != "dirac"):
-                for i, w in enumerate(s.weights[a]):
-                    s.where = f"perturbed point {i + 1} of {len(s.weights[a])} (sample group {a}, weighted pass)"
-                    self._perturb(self.sample_groups[a], s)
-                    if not rescaled:
-                        factors = [1 - f * total for f in strength] if isinstance(strength, list) \
-                            else [1 - strength * total] * len(s.kept.grad)
-                        for g, f in zip(s.kept.grad, factors):
-                            g.mul_(f)
-                        rescaled = True
-                    weight[0] = w / 2 if antithetic else w
-                    self._backward(closure, s)
-                    if antithetic:
-                        self._reflect(s)
-                        self._backward(closure, s)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        self._back_to_x(s)
-        self._ranks.mean_(s.kept.grad)  # the step's one gradient all-reduce
-        self._forget_unreached(s)
-
-    def _forward(self, closure: Callable, s: Step) -> torch.Tensor:
-        """A loss-only closure call (no graph, no gradient) with the clean pass's RNG state."""
-        s.rng.rewind()
-        try:
-            with self._ranks.no_sync():
-                loss = closure()
-        except RuntimeError as error:
-            if "does not require grad" not in str(error):
-                raise
-            raise self.Error("memory='lean' first calls the closure under torch.no_grad() for the loss alone: "
-                             "call loss.backward() only when torch.is_grad_enabled()") from error
-        return self._checked(loss)
-
-    def _backward(self, closure: Callable, s: Step) -> None:
-        """A closure call whose gradient (scaled by the hooks) adds to .grad."""
-        s.rng.rewind()
-        before = s.backwards
-        self._evaluate(closure)
-        self._called_backward(s, before)
-        self._readopt(s, accumulate=True)
 
     # ------------------------------------------------------------------ shared pieces
     def _reads_g0(self, cfg: Settings) -> bool:
@@ -1010,99 +716,6 @@ class PhiPsiSAM(torch.optim.Optimizer):
         if s.stats:
             torch._foreach_copy_(s.stats, s.stats_clean)
         s.rng.finish()
-
-    def _weights(self, group: int, delta: torch.Tensor, d: torch.Tensor, cfg: Settings):
-        """(slot, weight) pairs: how much of this sample's direction each accumulator takes (None: all of it)."""
-        if cfg.estimator == "plugin":
-            symbolic = self.derivatives == "symbolic"
-            slopes = self.psi_slopes(delta, d) if symbolic else autodiff_slopes(self.psi, delta, d)
-            return [(c, slopes[c]) for c in self.sample_groups[group].components]
-        return [(slot, None if k == 1 else delta if k == 2 else delta ** (k - 1))  # None: weight 1
-                for slot, (a, k) in enumerate(self.power_sums) if a == group]
-
-    def _importance(self, group: int, samples: torch.Tensor, d: torch.Tensor, log_weights: list) -> tuple:
-        """For an importance group: per component, log E[w psi] (a log-mean-exp), the sum of
-        exp(a_i - max a) (the normalizer of _summed_passes' accumulators) and those terms;
-        a_i = log w_i + log psi(Delta_i). Three empty dicts for other groups."""
-        means, totals, terms = {}, {}, {}
-        if self.sample_groups[group].weighted:
-            log_psi, log_w = self.psi(samples, d), torch.stack(log_weights)
-            for c in self.sample_groups[group].components:
-                exponents = log_w + log_psi[c]
-                top = exponents.max()
-                terms[c] = torch.exp(exponents - top)
-                totals[c] = terms[c].sum()
-                means[c] = top + torch.log(totals[c]) - math.log(len(samples))
-        return means, totals, terms
-
-    def _combine(self, deltas: list, d: torch.Tensor, cfg: Settings, dim: int,
-                 log_weights: list) -> tuple[torch.Tensor, torch.Tensor]:
-        """The target estimate and each accumulator's coefficient in the final gradient (before strength).
-
-        S = phi(...) estimates target = scale * S + offset, and the accumulators hold
-        rho**2 * grad S, so the coefficients carry scale / rho**2 (divided by the running
-        mean of |target - target at H = 0| when ``relative``).
-        """
-        n = cfg.n_samples
-        if cfg.estimator == "plugin":
-            means, counts = [None] * self.m, [1] * self.m
-            for a, (group, samples) in enumerate(zip(self.sample_groups, deltas)):
-                if group.weighted:  # d log E[w psi] = sum_i exp(a_i - max a) d log psi(Delta_i) / total
-                    log_means, totals, _ = self._importance(a, samples, d, log_weights[a])
-                    for c in group.components:
-                        means[c], counts[c] = log_means[c], totals[c]
-                    continue
-                values = self.psi(samples, d)
-                for c in group.components:
-                    means[c], counts[c] = values[c].mean(), len(samples)
-            ts = torch.stack(means)
-            value, slopes = ((self.phi(ts, d), self.phi_grad(ts, d)) if self.derivatives == "symbolic"
-                             else value_and_grad(self.phi, ts, d))
-            # (a mean over count samples: slope / count; one count for all needs no tensor)
-            if all(isinstance(c, int) for c in counts):
-                slopes = slopes / (counts[0] if len(set(counts)) == 1 else slopes.new_tensor(counts))
-            else:
-                slopes = slopes / torch.stack([torch.as_tensor(c, dtype=slopes.dtype, device=slopes.device)
-                                               for c in counts])
-        else:
-            sums = torch.stack([(deltas[a] ** k).sum() for a, k in self.power_sums])
-            value, slopes = ((self.ustat(sums, n, d), self.ustat_grad(sums, n, d)) if self.derivatives == "symbolic"
-                             else value_and_grad(self.ustat, sums, n, d))
-            slopes = torch.stack([s * k for s, (_, k) in zip(slopes.unbind(), self.power_sums)])
-        scale, offset, shift = self._target_constants(dim, d, cfg.rho)
-        estimate = (scale * value + offset).to(value.dtype)
-        if cfg.relative:  # strength * grad(target) / mean|target - flat| = strength * grad(S) / mean|S + shift|
-            magnitude = self._magnitude.proposed(value + shift.to(value.dtype))
-            weight = 1 / (cfg.rho ** 2 * magnitude.clamp_min(torch.finfo(value.dtype).tiny))
-        else:
-            weight = (scale / cfg.rho ** 2).to(value.dtype)
-        return estimate, slopes * weight
-
-    def _target_constants(self, dim: int, like: torch.Tensor, rho: float) -> tuple:
-        """scale, offset and the shift that makes ``value + shift`` the target's H-dependent part, per scale.
-
-        The shift is -S at a flat point (H = 0, where every difference is 0): ``relative`` then
-        divides by |target - target at H = 0|, so a constant in the target (the d of
-        sum(exp(l)), the + 5 of sum(l) + 5) changes neither its gradient nor its strength. Where
-        S has no finite flat value (importance-sampled Lebesgue measures, log(0)) it is offset / scale,
-        and ``relative`` divides by |target|. Computed in float64 (scale can be huge, (2 pi)^d
-        for determinants) once per (d, rho, device), not every step.
-        """
-        key = (dim, rho, like.device)
-        if key not in self._constants:
-            d64 = like.new_full((), dim, dtype=torch.float64)
-            scale, offset = self.scale(d64, d64.new_tensor(rho)), self.offset(d64, d64.new_tensor(rho))
-            flat = self._flat_value(d64)
-            shift = offset / scale if flat is None else torch.where(torch.isfinite(flat), -flat, offset / scale)
-            self._constants = {key: (scale, offset, shift)}  # the latest only: rho may be annealed
-        return self._constants[key]
-
-    def _flat_value(self, d: torch.Tensor) -> torch.Tensor | None:
-        """phi(psi(0)): S where the loss is flat (None for importance-sampled measures; may be infinite)."""
-        if any(group.weighted for group in self.sample_groups):
-            return None  # E[w psi(0)] is the Lebesgue measure's infinite mass
-        with torch.no_grad():
-            return self.phi(self.psi(d.new_zeros(1), d)[:, 0], d).to(d.dtype)
 
     def _forget_unreached(self, s: Step) -> None:
         reached = {id(p) for p in s.trainable} if self._ranks.mode else {id(p) for p in s.reached}
