@@ -125,3 +125,31 @@ def test_a_wrong_phi_is_caught():
 def test_without_a_bound_min_needs_a_negative_spectrum():
     assert sharpc.compile("min(l)").domain.upper == 0 and sharpc.compile("max(l)").domain.lower == 0
     assert sp.sstr(sharpc.compile("max(l)", bound=2).domain.lower) == "-2.0"
+
+
+def test_a_step_skipped_on_the_device_keeps_u_and_the_running_magnitude():
+    """nonfinite="skip" with a fused base optimizer decides on the device: u and the relative
+    strength's running mean stay as they were where the step was not finite."""
+    model, data, target = tiny_mlp(dtype=torch.float64)
+    cls = sharpc.compile("max(l)").optimizer_class()
+    opt = cls(model.parameters(), lr=0.1, seed=0, nonfinite="skip", fused=True)
+    scale = [1.0]
+
+    def closure():
+        loss = torch.nn.functional.cross_entropy(model(data), target) * scale[0]
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        opt.step(closure)
+    u = [t.clone() for t in opt._power.u]
+    magnitude = opt._estimator.magnitude
+    total, count = magnitude.total.clone(), int(magnitude.count)
+    scale[0] = float("nan")
+    opt.step(closure)
+    assert all(torch.equal(a, b) for a, b in zip(opt._power.u, u))
+    assert torch.equal(magnitude.total, total) and int(magnitude.count) == count
+    assert opt.skipped_steps == 1
+    scale[0] = 1.0
+    opt.step(closure)
+    assert int(magnitude.count) == count + 1 and not all(torch.equal(a, b) for a, b in zip(opt._power.u, u))

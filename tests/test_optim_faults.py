@@ -26,7 +26,8 @@ def faulty_closure(model, x, y, bad_call, fault):
             if fault == "raise":
                 raise RuntimeError("data loader exploded")
             loss = loss * float(fault)
-        loss.backward()
+        if torch.is_grad_enabled():  # memory="lean" first calls it for the loss alone
+            loss.backward()
         return loss
 
     return closure
@@ -132,6 +133,29 @@ def test_a_step_makes_no_host_device_sync(cls, options):
         with host_reads(forbid=True):
             opt.step(closure)
     assert torch.isfinite(opt.sharpness)
+
+
+@pytest.mark.parametrize("memory", ["sums", "lean"])
+def test_skip_with_a_fused_base_optimizer_makes_no_host_read(memory):
+    """nonfinite="skip" with fused SGD skips on the device (found_inf): no host read, and the
+    non-finite step leaves parameters and BatchNorm statistics as they were, as the host path does."""
+    runs = {}
+    for fused in (False, True):
+        model, x, y = tiny_mlp(batchnorm=True)
+        opt = FrobSAM(model.parameters(), lr=0.1, momentum=0.9, seed=0, model=model, nonfinite="skip",
+                      memory=memory, fused=fused, clip=None)
+        good, bad = faulty_closure(model, x, y, None, "nan"), faulty_closure(model, x, y, 1, "nan")
+        with host_reads(forbid=fused):
+            opt.step(good)
+            before = snapshot(model)
+            opt.step(bad)
+            assert all(torch.equal(a, b) for a, b in zip(before, snapshot(model)))
+            opt.step(good)
+        runs[fused] = before
+        assert opt.skipped_steps == 1
+        assert all(torch.isfinite(t).all() for t in snapshot(model))
+    for a, b in zip(runs[True], runs[False]):  # fused and foreach SGD: the same first step
+        torch.testing.assert_close(a, b)
 
 
 def test_the_finiteness_check_is_one_host_read_per_step():

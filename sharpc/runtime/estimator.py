@@ -29,10 +29,17 @@ class RunningMean:
         self._pending = total
         return total / (1 - self.decay ** (self.count + 1))
 
-    def commit(self) -> None:
-        """Keep the proposed value (a step that went through)."""
-        if self._pending is not None:
-            self.total, self.count, self._pending = self._pending, self.count + 1, None
+    def commit(self, keep: torch.Tensor | None = None) -> None:
+        """Keep the proposed value (a step that went through); with ``keep``, a 0-d bool on the
+        device, only where it is true (a step skipped on the device leaves the mean as it was)."""
+        if self._pending is None:
+            return
+        if keep is None:
+            self.total, self.count = self._pending, self.count + 1
+        else:
+            before = torch.zeros_like(self._pending) if self.total is None else self.total
+            self.total, self.count = torch.where(keep, self._pending, before), self.count + keep.long()
+        self._pending = None
 
     def state(self) -> dict:
         return {"total": self.total, "count": self.count}

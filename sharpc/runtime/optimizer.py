@@ -117,8 +117,12 @@ class PhiPsiSAM(torch.optim.Optimizer):
                 DistributedDataParallel model is run under ``no_sync()`` for every pass.
             generator: the perturbation sampler's own RNG (saved in state_dict).
             seed: seeds a new generator when none is given.
-            nonfinite: on a non-finite loss, "raise" (OptimizerError, parameters restored),
-                "skip" (count it in ``skipped_steps``) or "ignore" (no check, no host sync).
+            nonfinite: on a non-finite loss or gradient, "raise" (OptimizerError, parameters
+                restored), "skip" (count it in ``skipped_steps``) or "ignore" (no check, no
+                host sync). "raise" and "skip" read one flag from the device per step, except
+                "skip" with a fused base optimizer (``fused=True``): that skips on the device,
+                as torch's GradScaler does (found_inf), with no host read; its skipped steps
+                still advance the perturbation generator and leave .grad non-finite.
             memory: "sums" keeps running sums (at most 2 + slots parameter-sized buffers);
                 "lean" keeps only the backup of x and pays n extra forward passes: the
                 closure runs under torch.no_grad() for losses alone first, so it must call
@@ -173,6 +177,9 @@ class PhiPsiSAM(torch.optim.Optimizer):
         self._settings()  # validates every group now, not at the first step
         self.sharpness: torch.Tensor | None = None
         self.skipped_steps = 0
+        base = self.base_optimizer  # torch's fused optimizers skip a step on the device given found_inf
+        self._skips_on_device = (nonfinite == "skip" and grad_scaler is None and bool(base.defaults.get("fused"))
+                                 and getattr(base, "_step_supports_amp_scaling", False))
         self._estimator = Estimator(self)
         self._accumulation = Lean(self) if memory == "lean" else Sums(self)
         self._power = PowerIteration()
@@ -215,6 +222,16 @@ class PhiPsiSAM(torch.optim.Optimizer):
         if why:
             raise self.Error(f"FSDP2 (DTensor parameters): {why}")
         return Shards(model, sharded)
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped for a non-finite loss or gradient (reading it waits for the device)."""
+        on_device = 0 if self._skipped_on_device is None else int(self._skipped_on_device.item())
+        return self._skipped + on_device
+
+    @skipped_steps.setter
+    def skipped_steps(self, value: int) -> None:
+        self._skipped, self._skipped_on_device = int(value), None
 
     def _step_defaults(self, estimator: str, n_samples: int | None) -> dict:
         """Resolve estimator="auto" and n_samples=None, so the param groups show what a step does."""
@@ -465,10 +482,11 @@ class PhiPsiSAM(torch.optim.Optimizer):
             loss0, sharpness, coefficients = self._accumulation.passes(closure, s, loss0)
             loss0, sharpness, finite = self._agree(s, loss0, sharpness, coefficients)
             self.sharpness = sharpness
-            if not finite:
+            if finite is False:
                 return self._skip(s, loss0)
-            self._estimator.magnitude.commit()
-            self._power.commit(self._ranks)
+            keep = finite if isinstance(finite, torch.Tensor) else None  # the verdict, left on the device
+            self._estimator.magnitude.commit(keep)
+            self._power.commit(self._ranks, keep)
             self._accumulation.gradient(closure, s, coefficients)
         except BaseException as error:
             self._undo(s)
@@ -479,11 +497,27 @@ class PhiPsiSAM(torch.optim.Optimizer):
         finally:
             if s.witness is not None:
                 s.witness.remove()
-        if self.grad_scaler is None:
+        if keep is not None:
+            self._base_step_on_device(s, keep)
+        elif self.grad_scaler is None:
             self.base_optimizer.step()
         else:  # the gradient is the scaler's scale times the true one: it unscales, checks and steps
             self.grad_scaler.step(self.base_optimizer)
         return loss0
+
+    def _base_step_on_device(self, s: Step, finite: torch.Tensor) -> None:
+        """The base step, skipped on the device where the step was not finite (found_inf, as
+        GradScaler does for fused optimizers); running statistics go back where it was skipped."""
+        base = self.base_optimizer
+        base.grad_scale, base.found_inf = None, (~finite).to(torch.float32)
+        try:
+            base.step()
+        finally:
+            del base.grad_scale, base.found_inf
+        for stat, before in zip(s.stats, s.stats_before):
+            torch.where(finite, stat, before, out=stat)
+        skipped = (~finite).long()
+        self._skipped_on_device = skipped if self._skipped_on_device is None else self._skipped_on_device + skipped
 
     def _start(self, cfg: Settings) -> Step:
         """The step's working set, with x and the running statistics copied into kept buffers."""
@@ -561,7 +595,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
                              "call that runs with gradients enabled (the step clears them before each call)")
 
     def _agree(self, s: Step, loss0, sharpness, coefficients) -> tuple:
-        """(loss0, R, whether the step is finite), alike on every rank; the step's one host read.
+        """(loss0, R, whether the step is finite), alike on every rank; the step's one host read
+        (the verdict stays a 0-d bool on the device when the base optimizer can skip there).
 
         In per-rank mode losses differ between ranks, so loss0, R and the verdict are averaged
         first (one all-reduce of three scalars): no rank skips a step the others take. Gradients
@@ -580,7 +615,9 @@ class PhiPsiSAM(torch.optim.Optimizer):
             shared = torch.stack([loss0, sharpness.to(loss0.dtype), (~finite).to(loss0.dtype)])
             self._ranks.mean_([shared])
             loss0, sharpness, finite = shared[0], shared[1], shared[2] == 0
-        return loss0, sharpness, (not check) or bool(finite.item())
+        if not check:
+            return loss0, sharpness, True
+        return loss0, sharpness, finite if self._skips_on_device else bool(finite.item())
 
     def _skip(self, s: Step, loss0: torch.Tensor) -> torch.Tensor:
         """A non-finite step: restore everything, then raise or count it."""

@@ -38,13 +38,17 @@ class PowerIteration:
             torch._foreach_add_(self.pending, self.u, alpha=group.shift)
         self.proposed = True
 
-    def commit(self, ranks: "Ranks") -> None:
+    def commit(self, ranks: "Ranks", keep: torch.Tensor | None = None) -> None:
+        """Make the proposal u; with ``keep`` (a 0-d bool on the device) only where it is true."""
         if not self.proposed:
             return
         if ranks.sync:
             ranks.mean_(self.pending)
         norm = global_norm(self.pending)
         torch._foreach_div_(self.pending, norm.clamp_min(torch.finfo(norm.dtype).tiny))
+        if keep is not None:
+            for new, old in zip(self.pending, self.u):
+                torch.where(keep, new, old, out=new)
         self.u, self.pending, self.proposed = self.pending, self.u, False
 
     def state(self) -> list | None:
