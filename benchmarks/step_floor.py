@@ -7,10 +7,13 @@ Gaussian vector of the model's size with torch's CPU generator: FrobSAM's n draw
 work that 1 + n plain SGD steps never do, so they bound the ratio from below.
 
     PYTHONPATH=.:<pytorch_optimizer> python benchmarks/step_floor.py   # the peer's row needs it
+    python benchmarks/step_floor.py --phases    # also: each piece of the step, outside the closure
 """
 
 from __future__ import annotations
 
+import argparse
+import collections
 import os
 import statistics
 import time
@@ -20,12 +23,47 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 from sharpc.optim import SAM, FrobSAM  # noqa: E402
+from sharpc.runtime import accumulate, estimator, optimizer  # noqa: E402
+
+#: The pieces of a step, timed one by one with --phases (outside the closure: nested pieces and
+#: closure calls are subtracted, so the rows add up to the step's own work).
+PHASES = {"settings": (optimizer.PhiPsiSAM, "_settings"),
+          "start (backup of x)": (optimizer.PhiPsiSAM, "_start"),
+          "clean pass (g0)": (optimizer.PhiPsiSAM, "_clean_pass"),
+          "perturb (draw, x + e)": (optimizer.PhiPsiSAM, "_perturb"),
+          "perturbed passes (directions, sums)": (accumulate.Sums, "passes"),
+          "estimator: weights": (estimator.Estimator, "weights"),
+          "estimator: combine": (estimator.Estimator, "combine"),
+          "restore x": (optimizer.PhiPsiSAM, "_back_to_x"),
+          "finiteness verdict": (optimizer.PhiPsiSAM, "_agree"),
+          "gradient (g0 + weighted sums)": (accumulate.Sums, "gradient")}
+
+
+def timed_phases(clock: list) -> collections.Counter:
+    """Wrap each phase so that its own time (less nested phases and closure time) adds to a counter."""
+    spent, stack = collections.Counter(), []
+    for label, (owner, name) in PHASES.items():
+        method = getattr(owner, name)
+
+        def wrapper(*args, _method=method, _label=label, **kwargs):
+            start, inner_before = time.perf_counter(), clock[0]
+            stack.append(0.0)
+            try:
+                return _method(*args, **kwargs)
+            finally:
+                nested = stack.pop()
+                total = time.perf_counter() - start
+                spent[_label] += total - nested - (clock[0] - inner_before)
+                if stack:
+                    stack[-1] += total - (clock[0] - inner_before)
+        setattr(owner, name, wrapper)
+    return spent
 
 SGD = dict(lr=0.01, momentum=0.9)
 N = 4
 
 
-def main(repeats: int = 40, inner: int = 10) -> None:
+def main(repeats: int = 40, inner: int = 10, phases: bool = False) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 128),
@@ -57,6 +95,9 @@ def main(repeats: int = 40, inner: int = 10) -> None:
     for step in steps.values():
         for _ in range(20):
             step()
+    if phases:
+        print_phases(steps, inside, repeats * inner)
+        return
     total, passes = {k: [] for k in steps}, {k: [] for k in steps}
     for _ in range(repeats):
         for name, step in steps.items():  # interleaved: load changes hit every row alike
@@ -88,5 +129,30 @@ def main(repeats: int = 40, inner: int = 10) -> None:
           f"{(frob_passes + N * draw + sgd_step - median['SGD'][1]) / ((N + 1) * sgd_step):.2f}")
 
 
+def print_phases(steps: dict, inside: list, count: int) -> None:
+    """Each sharpc row's step split by PHASES, averaged over ``count`` steps (the timers add ~1 us each)."""
+    spent = timed_phases(inside)
+    rows = {}
+    for name, step in steps.items():
+        if name == "SGD" or "pytorch" in name:
+            continue
+        spent.clear()
+        inside[0], start = 0.0, time.perf_counter()
+        for _ in range(count):
+            step()
+        total = (time.perf_counter() - start) / count * 1e6
+        row = {label: seconds / count * 1e6 for label, seconds in spent.items()}
+        row["closure (the passes)"] = inside[0] / count * 1e6
+        row["the rest (base step, wrappers)"] = total - sum(row.values())
+        row["step"] = total
+        rows[name] = row
+    print("| piece of the step | " + " | ".join(rows) + " |")
+    print("|---|" + "---:|" * len(rows))
+    for label in [*PHASES, "the rest (base step, wrappers)", "closure (the passes)", "step"]:
+        print(f"| {label} | " + " | ".join(f"{row.get(label, 0.0):.0f} us" for row in rows.values()) + " |")
+
+
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--phases", action="store_true", help="time each piece of the sharpc steps instead")
+    main(phases=parser.parse_args().phases)
