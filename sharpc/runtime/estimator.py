@@ -92,7 +92,7 @@ class Estimator:
         return means, totals, terms
 
     def combine(self, deltas: list, d: torch.Tensor, cfg: Settings, dim: int,
-                 log_weights: list) -> tuple[torch.Tensor, torch.Tensor]:
+                log_weights: list) -> tuple[torch.Tensor, torch.Tensor]:
         """The target estimate and each accumulator's coefficient in the final gradient (before strength).
 
         S = phi(...) estimates target = scale * S + offset, and the accumulators hold

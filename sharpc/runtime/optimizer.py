@@ -532,9 +532,9 @@ class PhiPsiSAM(torch.optim.Optimizer):
             ids = {id(p) for p in perturbed}  # graded as when the closure reaches every parameter
             graded = perturbed + [p for p in trainable if id(p) not in ids]
             kept = self._kept = Kept(perturbed, graded, self._slots(cfg), cfg.difference == "antithetic",
-                                      self.memory == "lean")
+                                     self.memory == "lean")
         s = Step(perturbed, trainable, stats, before, clean,
-                  CommonRandomNumbers({p.device for p in trainable}), self._dimension(perturbed), cfg, kept.x_views)
+                 CommonRandomNumbers({p.device for p in trainable}), self._dimension(perturbed), cfg, kept.x_views)
         s.writable = [local_shard(p) for p in perturbed]
         torch._foreach_copy_(s.backup, s.writable)
         if stats:

@@ -156,9 +156,9 @@ class Ranks:
         torch.distributed.all_gather(everyone, mine, group=self.group)
         differ = [r for r, h in enumerate(everyone) if not torch.equal(h, everyone[0])]
         if differ:
-            raise OptimizerError(f"the ranks were built with different optimizer configurations (ranks {differ} differ "
-                        f"from rank 0; this rank's: {configuration}): every rank must construct the same "
-                        "optimizer class with the same options")
+            raise OptimizerError(f"the ranks were built with different optimizer configurations (ranks {differ} "
+                                 f"differ from rank 0; this rank's: {configuration}): every rank must construct "
+                                 "the same optimizer class with the same options")
 
     def share_(self, generator: torch.Generator, params: list) -> None:
         """Start every rank from rank 0's generator state and (unless DDP did) parameters."""
