@@ -222,3 +222,15 @@ def test_a_retried_step_draws_the_same_perturbations():
     assert len(seen) == len(expected) == 5
     for a, b in zip(seen, expected):
         assert all(torch.equal(p, q) for p, q in zip(a, b))
+
+
+@pytest.mark.parametrize("memory", ["sums", "lean"])
+def test_an_overflowing_combined_gradient_is_caught(memory):
+    """Finite losses, g0 and accumulators can still combine into an infinite gradient (a huge
+    strength in float32): the verdict checks the gradient the base optimizer would take."""
+    model, x, y = tiny_mlp()
+    opt = FrobSAM(model.parameters(), lr=0.1, seed=0, strength=1e300, relative=False, clip=None, memory=memory)
+    before = snapshot(model)
+    with pytest.raises(OptimizerError, match="non-finite gradient"):
+        opt.step(faulty_closure(model, x, y, None, "nan"))
+    assert_untouched(model, before, opt)

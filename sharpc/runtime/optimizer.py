@@ -480,6 +480,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         try:
             loss0 = self._clean_pass(closure, s)
             loss0, sharpness, coefficients = self._accumulation.passes(closure, s, loss0)
+            self._accumulation.gradient(closure, s, coefficients)
             loss0, sharpness, finite = self._agree(s, loss0, sharpness, coefficients)
             self.sharpness = sharpness
             if finite is False:
@@ -487,7 +488,6 @@ class PhiPsiSAM(torch.optim.Optimizer):
             keep = finite if isinstance(finite, torch.Tensor) else None  # the verdict, left on the device
             self._estimator.magnitude.commit(keep)
             self._power.commit(self._ranks, keep)
-            self._accumulation.gradient(closure, s, coefficients)
         except BaseException as error:
             self._undo(s)
             if isinstance(error, self.Error) or not isinstance(error, Exception):
@@ -598,17 +598,18 @@ class PhiPsiSAM(torch.optim.Optimizer):
         """(loss0, R, whether the step is finite), alike on every rank; the step's one host read
         (the verdict stays a 0-d bool on the device when the base optimizer can skip there).
 
-        In per-rank mode losses differ between ranks, so loss0, R and the verdict are averaged
-        first (one all-reduce of three scalars): no rank skips a step the others take. Gradients
-        are checked too (g0 and the accumulators), unless a GradScaler checks and skips them.
+        It runs once the combined gradient is in the kept g0 buffer: that gradient (what the base
+        optimizer would take, so strength * regularizer overflowing is caught too), the losses
+        and the coefficients are checked, unless a GradScaler checks and skips the gradient. In
+        per-rank mode losses differ between ranks, so loss0, R and the verdict are averaged
+        (one all-reduce of three scalars): no rank skips a step the others take.
         """
         check = self.nonfinite != "ignore"
         if check or self._ranks.mode == "per-rank":
             # (not the estimate itself: a determinant's scale may overflow while the step is sound)
             checked = [torch.stack(s.losses), coefficients]
             if self.grad_scaler is None or not self.grad_scaler.is_enabled():
-                grads = [*s.kept.g0, *(t for acc in s.kept.acc for t in acc)]
-                checked.append(torch.stack(torch._foreach_norm(grads)))
+                checked.append(torch.stack(torch._foreach_norm(s.kept.g0)))  # the combined gradient
             dtype = functools.reduce(torch.promote_types, [c.dtype for c in checked])  # widest: no overflow
             finite = torch.isfinite(torch.cat([c.to(dtype) for c in checked])).all()
         if self._ranks.mode == "per-rank":
@@ -641,8 +642,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
         elif self._ranks.mode == "per-rank":
             what = "a non-finite loss, sharpness estimate or phi' on some rank"
         else:
-            what = ("a non-finite gradient, phi' (the means left phi's domain) or target scale (overflow: "
-                    "use relative=True)")
+            what = ("a non-finite gradient (strength * regularizer overflowed, or the loss gradient itself), phi' "
+                    "(the means left phi's domain) or target scale (overflow: use relative=True)")
         return self.Error(f"{what}; parameters restored to their pre-step values "
                           "(nonfinite='skip' skips such steps instead)")
 
