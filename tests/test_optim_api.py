@@ -80,7 +80,10 @@ def test_constructor_rejects_what_it_cannot_do():
     for make, message in cases:
         with pytest.raises(OptimizerError, match=message):
             make()
-    FrobSAM(params, n_samples=1, estimator="plugin")  # the plug-in estimator has no minimum
+    with pytest.raises(OptimizerError, match="n_samples must be >= 2"):  # one sample: variance exactly 0
+        FrobSAM(params, n_samples=1, estimator="plugin")
+    assert FrobSAM(params, estimator="plugin").param_groups[0]["n_samples"] == 2
+    assert TraceSAM(params, estimator="plugin").param_groups[0]["n_samples"] == 1
 
 
 def test_step_rejects_bad_closures():

@@ -206,3 +206,17 @@ def test_clip_needs_the_sums_memory_mode():
         FrobSAM(model.parameters(), memory="lean", clip=1.0)
     with pytest.raises(OptimizerError, match="clip must be None or a positive"):
         FrobSAM(model.parameters(), clip=-1.0)
+
+
+@pytest.mark.parametrize("target", ["sqrt(sum(l**2))", "sum(l)/sum(l**2)"])
+def test_plug_in_targets_default_to_the_samples_their_moments_need(target):
+    """phi of the sample means (t, t**2) needs two samples: with one, the sample variance is
+    exactly 0 and sqrt or a quotient of it is not finite (the default used to be 1)."""
+    cls = sharpc.compile(target).optimizer_class()
+    assert cls.ustat is None and cls.moment_order == 2
+    model, x, y = tiny_mlp(dtype=torch.float64)
+    opt = cls(model.parameters(), lr=0.1, seed=0)
+    assert opt.param_groups[0]["n_samples"] == 2
+    for _ in range(3):
+        opt.step(make_closure(model, x, y))
+    assert torch.isfinite(opt.sharpness) and opt.sharpness > 0

@@ -200,9 +200,18 @@ def recommended(measure: Measure) -> dict:
     defaults = dict(strength=RELATIVE_STRENGTH / _degree(measure), relative=True,
                     difference="antithetic" if paired else "one-sided", clip=CLIP)
     ustat = unbiased_estimator(measure)[0]
-    if _degree(measure) >= HEAVY_TAILED_DEGREE and ustat is not None:
-        defaults["n_samples"] = 2 * ustat.order
+    if _degree(measure) >= HEAVY_TAILED_DEGREE:
+        defaults["n_samples"] = 2 * (ustat.order if ustat is not None else _moment_order(measure))
     return defaults
+
+
+def _moment_order(measure: Measure) -> int:
+    """Distinct samples per random group that phi(sample means of psi) needs: the highest power of
+    Q among the group's polynomial psi components (with psi = (t, t**2), one sample makes the
+    sample variance exactly 0 and its gradient exactly 0, or infinite under a square root)."""
+    orders = [sp.Poly(measure.psi[c], t).degree() for group in measure.groups if not group.distribution.deterministic
+              for c in group.components if measure.psi[c].is_polynomial(t)]
+    return max([1, *orders])
 
 
 def _degree(measure: Measure) -> int:
@@ -271,6 +280,7 @@ def generate(measure: Measure, name: str, recommended_overrides: dict | None = N
         f"    ustat_unavailable = {unavailable!r}",
         f"    power_sums = {ustat.power_sums if ustat else ()!r}",
         f"    ustat_order = {ustat.order if ustat else 1}",
+        f"    moment_order = {_moment_order(measure)}",
         f"    sample_groups = ({specs},)",
         f"    fixed_d = {measure.d!r}",
         f"    recommended = {recommended(measure) | dict(recommended_overrides or {})!r}",

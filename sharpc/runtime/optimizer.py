@@ -64,6 +64,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
     ustat_unavailable: str = "no unbiased estimator was generated"
     power_sums: tuple = ()              # ((group, k), ...): the order of ustat's argument P
     ustat_order: int = 1                # distinct samples per group the U-statistic needs
+    moment_order: int = 1               # ... and that phi(sample means) needs (psi = (t, t**2): 2)
     sample_groups: tuple = ()           # GroupSpec per sample group
     fixed_d: int | None = None          # d fixed at compile time, else bound to the perturbed count
     scale: Callable = staticmethod(lambda d, rho: torch.ones_like(d))   # target = scale * S + offset
@@ -100,7 +101,9 @@ class PhiPsiSAM(torch.optim.Optimizer):
                 (bias-corrected, decay 0.99), so strength is the weight of the log of the
                 target's curvature-dependent part, whatever its size and constant terms.
             n_samples: samples per random sample group and step (a point mass takes one);
-                cost 1 + groups * n passes, twice that with difference="antithetic".
+                cost 1 + groups * n passes, twice that with difference="antithetic". At
+                least the U-statistic's order (unbiased) or the highest moment of Q that psi
+                takes (plug-in: 2 for psi = (t, t**2)), which is the default.
             estimator: "unbiased" (U-statistic; polynomial phi and psi only), "plugin"
                 (phi of the sample means, the paper's Algorithm 2) or "auto" (unbiased when available).
             clip: scale the regularizer's gradient down to at most clip * |grad L| (None: never;
@@ -238,7 +241,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         if estimator == "auto":
             estimator = "plugin" if self.ustat is None else "unbiased"
         if n_samples is None:
-            n_samples = self.ustat_order if estimator == "unbiased" else 1
+            n_samples = self.ustat_order if estimator == "unbiased" else self.moment_order
         return dict(estimator=estimator, n_samples=n_samples)
 
     def _default_rho(self, params: list) -> float:
@@ -295,6 +298,11 @@ class PhiPsiSAM(torch.optim.Optimizer):
             raise self.Error(f"the unbiased estimator of {self.target!r} averages over {self.ustat_order} "
                              f"distinct samples, so n_samples must be >= {self.ustat_order} (got {n}); "
                              "or use estimator='plugin'")
+        if estimator == "plugin" and n < self.moment_order:
+            raise self.Error(f"the plug-in estimate of {self.target!r} uses sample moments up to E[Q^"
+                             f"{self.moment_order}], which fewer than {self.moment_order} samples make degenerate "
+                             f"(one sample has variance exactly 0), so n_samples must be >= {self.moment_order} "
+                             f"(got {n})")
         if difference not in DIFFERENCES:
             raise self.Error(f"difference must be one of {', '.join(map(repr, DIFFERENCES))}, got {difference!r}")
         if not isinstance(first["relative"], bool):
