@@ -216,3 +216,21 @@ def test_emitted_modules_embed_the_runtime_verbatim():
         namespace: dict = {}
         exec(compile(text, name, "exec"), namespace)  # noqa: S102
         assert namespace[name].__mro__[1].__name__ == "PhiPsiSAM"
+
+
+def test_u_statistics_too_large_to_build_are_declined_in_time(monkeypatch):
+    """Bell(r) set partitions per monomial of order r: past MAX_PARTITIONS the U-statistic is declined
+    with the reason (the plug-in estimate is used) before SymPy starts a job that took minutes."""
+    import time
+
+    import sharpc.emit as emit
+
+    from sharpc import compile as compile_target
+
+    measure = compile_target("sum(l**4)")
+    emit._cached_unbiased_estimator.cache_clear()
+    monkeypatch.setattr(emit, "MAX_PARTITIONS", 10)
+    start = time.perf_counter()
+    ustat, reason = emit.unbiased_estimator(measure)
+    assert ustat is None and "set partitions" in reason and time.perf_counter() - start < 0.5
+    emit._cached_unbiased_estimator.cache_clear()

@@ -53,6 +53,11 @@ __all__ = ["UStatistic", "unbiased_estimator", "generate", "group_specs", "runti
 N = sp.Symbol("n", positive=True, integer=True)
 #: Largest number of expectations multiplied in one monomial (Bell(8) = 4140 set partitions).
 MAX_ORDER = 8
+#: Set partitions the U-statistic may sum over, Bell(r) for each monomial of order r: a phi
+#: with more (dozens of order-8 monomials) took minutes to build, twice per emitted class.
+MAX_PARTITIONS = 10_000
+#: Bell numbers B_0..B_MAX_ORDER: the set partitions of r distinct samples.
+_BELL = (1, 1, 2, 5, 15, 52, 203, 877, 4140)
 
 
 def power_sum_symbol(group: int, k: int) -> sp.Symbol:
@@ -70,7 +75,15 @@ class UStatistic:
 
 
 def unbiased_estimator(measure: Measure) -> tuple[UStatistic | None, str]:
-    """The U-statistic of ``measure``, or None and the reason there is none."""
+    """The U-statistic of ``measure``, or None and the reason there is none (cached per measure:
+    emitting a class asks for it twice)."""
+    try:
+        return _cached_unbiased_estimator(measure)
+    except TypeError:  # a hand-built measure with unhashable fields
+        return _unbiased_estimator(measure)
+
+
+def _unbiased_estimator(measure: Measure) -> tuple[UStatistic | None, str]:
     args = measure.phi_args
     if not measure.phi.is_polynomial(*args):
         return None, f"phi = {sp.sstr(measure.phi)} is not a polynomial"
@@ -79,21 +92,27 @@ def unbiased_estimator(measure: Measure) -> tuple[UStatistic | None, str]:
             return None, f"psi_{i + 1} = {sp.sstr(component)} is not a polynomial"
     if any(isinstance(g.distribution, (Dirac, DiracAt)) for g in measure.groups):
         return None, "a Dirac group has one deterministic sample"
-    total, order = sp.Integer(0), 0
-    for powers, coeff in sp.Poly(measure.phi, *args).terms():
-        term = coeff
-        for a, group in enumerate(measure.groups):
-            factors = [measure.psi[c] for c in group.components for _ in range(powers[c])]
-            if len(factors) > MAX_ORDER:
-                return None, f"a monomial of phi multiplies {len(factors)} > {MAX_ORDER} expectations"
-            order = max(order, len(factors))
-            term *= _distinct_mean(factors, a)
-        total += term
+    monomials = [(powers, coeff, [[measure.psi[c] for c in group.components for _ in range(powers[c])]
+                                  for group in measure.groups])
+                 for powers, coeff in sp.Poly(measure.phi, *args).terms()]
+    orders = [len(factors) for _, _, per_group in monomials for factors in per_group]
+    if max(orders, default=0) > MAX_ORDER:
+        return None, f"a monomial of phi multiplies {max(orders)} > {MAX_ORDER} expectations"
+    work = sum(prod(_BELL[len(factors)] for factors in per_group) for _, _, per_group in monomials)
+    if work > MAX_PARTITIONS:
+        return None, (f"the U-statistic would sum over {work} set partitions (> {MAX_PARTITIONS}, about 0.3 ms "
+                      "each to build)")
+    terms = [coeff * sp.Mul(*(_distinct_mean(factors, a) for a, factors in enumerate(per_group)))
+             for _, coeff, per_group in monomials]
+    total, order = sp.Add(*terms), max(orders, default=0)
     symbols = sorted((s for s in total.free_symbols if s.name.startswith("P")), key=lambda s: s.name)
     if not symbols:
         return None, f"phi = {sp.sstr(measure.phi)} does not depend on the samples"
     power_sums = tuple(sorted((int(a), int(k)) for a, k in (s.name[1:].split("_") for s in symbols)))
     return UStatistic(total, power_sums, max(order, 1)), ""
+
+
+_cached_unbiased_estimator = functools.lru_cache(maxsize=64)(_unbiased_estimator)
 
 
 def _distinct_mean(factors: list[sp.Expr], group: int) -> sp.Expr:
