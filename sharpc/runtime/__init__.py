@@ -29,7 +29,8 @@ could not print them the step differentiates by autograd (``derivatives = "autog
 Every perturbed pass replays the clean pass's global RNG state (common random numbers:
 identical dropout masks), while perturbations come from the optimizer's own generator.
 Scalars stay 0-d tensors on the parameters' device; the only host read is the finiteness
-check (one per step; ``nonfinite="ignore"`` drops it).
+check (one per step; ``nonfinite="ignore"`` drops it, and ``nonfinite="skip"`` with a fused base
+optimizer keeps the verdict on the device).
 
 At scale (docs/scaling.md). With ``distributed="sync"`` the ranks of a process group act as
 one optimizer on the global batch: the perturbation generators run in lockstep and every
