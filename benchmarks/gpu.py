@@ -83,6 +83,9 @@ def make_runs(device: torch.device, batch: int) -> dict:
                                                            **SGD)),
         "FrobSAM n=4 one-sided, nonfinite='ignore'": (4, lambda p, m: FrobSAM(
             p, model=m, n_samples=4, difference="one-sided", nonfinite="ignore", seed=0, **SGD)),
+        # the verdict stays on the device: found_inf skips the fused base step, no host read
+        "FrobSAM n=4 one-sided, nonfinite='skip', fused SGD": (4, lambda p, m: FrobSAM(
+            p, model=m, n_samples=4, difference="one-sided", nonfinite="skip", fused=True, seed=0, **SGD)),
     }
     runs = {}
     for label, (n, make) in configs.items():
