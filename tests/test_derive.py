@@ -179,3 +179,14 @@ def test_concrete_d_is_bound_everywhere():
     measure = sharpc.compile("sum(l)/d + d", d=5)
     assert not any(x.has(D) for x in (measure.phi, measure.scale, measure.offset, *measure.psi))
     assert measure.offset == 5 and math.isclose(float(measure.scale), 2.0)
+
+
+@pytest.mark.parametrize("logged, summed", [
+    ("log(prod(l))", "sum(log(l))"),
+    ("3*log(prod(1 + l/10)) - 1", "3*sum(log(1 + l/10)) - 1"),
+])
+def test_a_log_of_a_product_is_derived_as_the_sum_of_logs(logged, summed):
+    """log det written log(prod(l)) reaches the same exact measure as sum(log(l)) (equal for l > 0)."""
+    a, b = sharpc.compile(logged), sharpc.compile(summed)
+    assert (a.phi, a.psi, a.groups, a.domain) == (b.phi, b.psi, b.groups, b.domain)
+    assert a.verify(samples=2000).passed

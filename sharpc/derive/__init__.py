@@ -28,7 +28,7 @@ from ..domains import infer_domain
 from ..errors import DerivationError
 from ..limits import MAX_PHI_TERMS, expanded_terms
 from ..measure import Measure
-from ..spectral import Eig, EMax, EMin, is_matrix_target, lam, reductions, substitute_d
+from ..spectral import Eig, EMax, EMin, EProd, ESum, is_matrix_target, lam, reductions, substitute_d
 
 
 class Decline(Exception):
@@ -151,8 +151,16 @@ def _within_target_domain(measure: Measure) -> Measure:
                    assumptions=measure.assumptions + (f"{domain.describe()} ({domain.reason})",))
 
 
+def logs_of_products_as_sums(target: sp.Expr) -> sp.Expr:
+    """log(prod(f)) as sum(log(f)), the form the log-det rows match: equal wherever every f > 0,
+    the domain the derived measure then states (log det = sum(log(l)) for l > 0)."""
+    return target.replace(lambda e: isinstance(e, sp.log) and isinstance(e.args[0], EProd),
+                          lambda e: ESum(sp.log(e.args[0].args[0])))
+
+
 def derive(request: Request, strategy: str | None = None) -> Measure:
     """The first strategy that accepts the target (or the one named), else a DerivationError."""
+    request = replace(request, target=logs_of_products_as_sums(request.target))
     matrix_target = is_matrix_target(request.target)
     if strategy is not None:
         if strategy not in REGISTRY:
