@@ -138,8 +138,7 @@ def _describe(measure, report) -> str:
         f"invariant    {'; '.join(measure.invariances) or 'no group declared'} (S inherits mu's invariances "
         "when L has them, Theorem 11)",
         f"m            {measure.m}",
-        f"cost         {measure.cost()} gradient evaluations per step"
-        + (" (n samples per random group)" if "n" in measure.cost() else " (point masses need one pass each)"),
+        _cost(measure),
         f"dropped      {'; '.join(measure.constants_dropped) or 'nothing'}",
         f"assumptions  {'; '.join(measure.assumptions) or 'none'}",
         f"domain       {measure.domain.describe()}",
@@ -171,6 +170,22 @@ def _error_bound(measure) -> str:
     if measure.error_bound is not None:
         return f"|target - S| <= {sp.sstr(measure.error_bound)}"
     return "0 (exact)" if measure.exact else "none stated (see assumptions)"
+
+
+def _default_difference(measure) -> str:
+    """The difference the generated class uses by default (its cost doubles when antithetic)."""
+    from .emit import recommended
+
+    return recommended(measure)["difference"]
+
+
+def _cost(measure) -> str:
+    """Passes per step under the generated class's default difference (antithetic pairs count two)."""
+    difference = _default_difference(measure)
+    why = "n samples per random group" if any(not g.distribution.deterministic for g in measure.groups) \
+        else "one per point mass"
+    pairs = ", each an antithetic pair x +- rho v" if difference == "antithetic" else ""
+    return f"cost         {measure.cost(difference=difference)} gradient evaluations per step ({why}{pairs})"
 
 
 def _samples(measure) -> list[str]:
@@ -205,6 +220,7 @@ def _compile(options: argparse.Namespace) -> tuple[str, int]:
         _write_new_file(options.emit, source, options.force)
     if options.json:
         payload = measure.to_dict()
+        payload["cost_per_step"] = measure.cost(difference=_default_difference(measure))
         payload["verification"] = None if report is None else report.to_dict()
         return json.dumps(payload, indent=2), code
     text = _describe(measure, report)

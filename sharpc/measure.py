@@ -148,14 +148,18 @@ class Measure:
             dropped.append(f"additive constant {sp.sstr(self.offset)}")
         return tuple(dropped)
 
-    def cost(self, n_samples: str | int = "n") -> str:
-        """Gradient evaluations per optimizer step: one clean pass, n per random group, 1 per point mass."""
+    def cost(self, n_samples: str | int = "n", difference: str = "one-sided") -> str:
+        """Gradient evaluations per optimizer step: one clean pass, n per random group, 1 per point mass;
+        every perturbed pass twice with difference="antithetic" (x + rho v and x - rho v)."""
         points = sum(g.distribution.deterministic for g in self.groups)
         random = len(self.groups) - points
+        pair = 2 if difference == "antithetic" else 1
         if isinstance(n_samples, int):
-            return str(1 + points + random * n_samples)
-        terms = ["1"] + ([f"{random}*{n_samples}" if random > 1 else str(n_samples)] if random else [])
-        return " + ".join(terms + ([str(points)] if points else []))
+            return str(1 + pair * (points + random * n_samples))
+        terms = ([f"{random}*{n_samples}" if random > 1 else str(n_samples)] if random else []) + (
+            [str(points)] if points else [])
+        perturbed = " + ".join(terms)
+        return f"1 + {f'2*({perturbed})' if pair == 2 and len(terms) > 1 else f'2*{perturbed}' if pair == 2 else perturbed}"
 
     def with_steps(self, *steps: str, **changes: Any) -> Measure:
         """A copy with derivation steps appended (and other fields replaced)."""

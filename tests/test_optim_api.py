@@ -31,6 +31,26 @@ def test_presets_are_optimizer_classes_built_from_measures():
         optim.NoSuchSAM  # noqa: B018
 
 
+@pytest.mark.parametrize("target, options", [
+    ("sum(l**2)", {}), ("sum(l**4)", {}), ("max(l)", {}), ("max(l) - min(l)", dict(bound=5.0)),
+    ("H[0, 1]**2", dict(d=None)), ("prod(l)", {}), ("sum(exp(l))", dict(bound=2.0)),
+])
+@pytest.mark.parametrize("difference", [None, "one-sided"])
+def test_the_stated_cost_is_the_closures_call_count(target, options, difference):
+    """measure.cost(n, difference), which the CLI prints, counts the passes a step really makes."""
+    model, x, y = tiny_mlp()
+    if "d" in options:
+        options = dict(d=sum(p.numel() for p in model.parameters()))
+    measure = sharpc.compile(target, **options)
+    cls = measure.optimizer_class()
+    kwargs = {} if difference is None else dict(difference=difference)
+    opt = cls(model.parameters(), base_optimizer=torch.optim.SGD, lr=0.1, seed=0, **kwargs)
+    calls = []
+    opt.step(make_closure(model, x, y, record=calls))
+    settings = opt.param_groups[0]
+    assert len(calls) == int(measure.cost(settings["n_samples"], settings["difference"]))
+
+
 @pytest.mark.parametrize("cls", [SAM, TraceSAM, FrobSAM, DetSAM])
 def test_every_preset_trains_a_small_model(cls):
     model, x, y = tiny_mlp()

@@ -30,6 +30,10 @@ NEGATIVE_HEAVY = np.array([0.6, 0.2, -0.1, -1.4])  # the largest in magnitude is
     ("max(abs(l))", {}, NEGATIVE_HEAVY, 1.4),
     ("3*l[0] - 1", dict(bound=2.0), MIXED, 3 * MIXED.max() - 1),
     ("-l[-1]", dict(bound=2.0), NEGATIVE_HEAVY, 1.4),
+    # several extremes: one power iteration per eigenvector group
+    ("max(l) - min(l)", dict(bound=2.0), MIXED, MIXED.max() - MIXED.min()),
+    ("l[0] + 2*l[-1] - 1", dict(bound=2.0), NEGATIVE_HEAVY, NEGATIVE_HEAVY.max() + 2 * NEGATIVE_HEAVY.min() - 1),
+    ("max(abs(l)) - max(l)", dict(bound=2.0), NEGATIVE_HEAVY, 1.4 - NEGATIVE_HEAVY.max()),
 ])
 @pytest.mark.parametrize("difference", ["antithetic", "one-sided"])
 def test_the_estimate_converges_to_the_extreme_eigenvalue(expression, options, spectrum, expected, difference):
@@ -40,6 +44,12 @@ def test_the_estimate_converges_to_the_extreme_eigenvalue(expression, options, s
     for _ in range(300):
         opt.step(quad.closure)
     assert opt.sharpness.item() == pytest.approx(expected, abs=1e-6)
+
+
+def tracked_u(opt) -> list:
+    """The power iteration's current u, for an optimizer with one eigenvector group."""
+    (iteration,) = opt._power.by_group.values()
+    return iteration.u
 
 
 def cubic(x: torch.Tensor) -> torch.Tensor:
@@ -61,7 +71,7 @@ def test_a_step_is_gradient_descent_on_the_estimate_with_u_held_fixed():
 
     for _ in range(3):  # u is now an iterate, not the random start
         opt.step(closure)
-    x0, (u,) = x.detach().clone(), [t.clone() for t in opt._power.u]
+    x0, (u,) = x.detach().clone(), [t.clone() for t in tracked_u(opt)]
     opt.step(closure)
     y = x0.clone().requires_grad_()
     estimate = (cubic(y + rho * u) + cubic(y - rho * u) - 2 * cubic(y)) / rho**2  # 2 Delta, antithetic
@@ -82,7 +92,7 @@ def test_u_is_saved_restored_and_left_alone_by_a_failed_step():
     for _ in range(3):
         opt.step(closure)
     state = opt.state_dict()
-    before = [t.clone() for t in opt._power.u]
+    before = [t.clone() for t in tracked_u(opt)]
 
     def failing():
         closure()
@@ -90,12 +100,12 @@ def test_u_is_saved_restored_and_left_alone_by_a_failed_step():
 
     with pytest.raises(OptimizerError):
         opt.step(failing)
-    assert all(torch.equal(a, b) for a, b in zip(opt._power.u, before))
+    assert all(torch.equal(a, b) for a, b in zip(tracked_u(opt), before))
     twin_model, _, _ = tiny_mlp(dtype=torch.float64)
     twin_model.load_state_dict(model.state_dict())
     twin = cls(twin_model.parameters(), lr=0.1, seed=5)
     twin.load_state_dict(state)
-    assert all(torch.equal(a, b) for a, b in zip(twin._power.u, before))
+    assert all(torch.equal(a, b) for a, b in zip(tracked_u(twin), before))
 
 
 @pytest.mark.parametrize("options, reason", [(dict(memory="lean", clip=None), "memory='lean'"),
@@ -142,14 +152,51 @@ def test_a_step_skipped_on_the_device_keeps_u_and_the_running_magnitude():
 
     for _ in range(3):
         opt.step(closure)
-    u = [t.clone() for t in opt._power.u]
+    u = [t.clone() for t in tracked_u(opt)]
     magnitude = opt._estimator.magnitude
     total, count = magnitude.total.clone(), int(magnitude.count)
     scale[0] = float("nan")
     opt.step(closure)
-    assert all(torch.equal(a, b) for a, b in zip(opt._power.u, u))
+    assert all(torch.equal(a, b) for a, b in zip(tracked_u(opt), u))
     assert torch.equal(magnitude.total, total) and int(magnitude.count) == count
     assert opt.skipped_steps == 1
     scale[0] = 1.0
     opt.step(closure)
-    assert int(magnitude.count) == count + 1 and not all(torch.equal(a, b) for a, b in zip(opt._power.u, u))
+    assert int(magnitude.count) == count + 1 and not all(torch.equal(a, b) for a, b in zip(tracked_u(opt), u))
+
+
+
+def test_several_extremes_keep_one_u_each_through_a_checkpoint():
+    """max(l) - min(l) tracks two vectors; both are saved, restored, and left alone by a failed step."""
+    model, data, target = tiny_mlp(dtype=torch.float64)
+    cls = sharpc.compile("max(l) - min(l)", bound=5.0).optimizer_class()
+    opt = cls(model.parameters(), lr=0.1, seed=0)
+
+    def closure():
+        loss = torch.nn.functional.cross_entropy(model(data), target)
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        opt.step(closure)
+    top, bottom = ([t.clone() for t in it.u] for it in opt._power.by_group.values())
+    assert not all(torch.equal(a, b) for a, b in zip(top, bottom))
+    twin_model, _, _ = tiny_mlp(dtype=torch.float64)
+    twin = cls(twin_model.parameters(), lr=0.1, seed=5)
+    twin.load_state_dict(opt.state_dict())
+    for it, saved in zip(twin._power.by_group.values(), (top, bottom)):
+        assert all(torch.equal(a, b) for a, b in zip(it.u, saved))
+
+    def failing():
+        closure()
+        raise RuntimeError("boom")
+
+    with pytest.raises(OptimizerError):
+        opt.step(failing)
+    for it, saved in zip(opt._power.by_group.values(), (top, bottom)):
+        assert all(torch.equal(a, b) for a, b in zip(it.u, saved))
+
+
+def test_max_and_min_together_need_a_bound():
+    with pytest.raises(sharpc.SharpcError, match="need --bound"):
+        sharpc.compile("max(l) - min(l)")

@@ -24,26 +24,51 @@ from ..spectral import Eig, EMax, EMin, lam, reductions
 from . import Decline, Request, Strategy, affine_in, extremes_as_reductions, make_measure, relation, sign_of
 
 NAME = "eigenvector"
-SUMMARY = "max(l), min(l), max(abs(l)) for any d: a point mass at the extreme eigenvector (power iteration)"
+SUMMARY = ("max(l), min(l), max(abs(l)) and sums of them for any d: point masses at the extreme "
+           "eigenvectors (power iteration)")
 
-(_t1,) = phi_symbols(1)
+#: The extremes this strategy tracks, and what power iteration calls them.
+WHICH = {EMax(lam): "top", EMin(lam): "bottom", EMax(sp.Abs(lam)): "magnitude"}
+TEXT = {"top": "max(l)", "bottom": "min(l)", "magnitude": "max(abs(l))"}
 
 
-def _extreme(request: Request) -> tuple[str, sp.Expr, sp.Expr]:
-    """(which, c, k) with target = c * extreme + k."""
+def _extremes(request: Request) -> tuple[dict, sp.Expr]:
+    """({atom: c}, k) with target = sum of c * atom + k over max(l), min(l), max(abs(l))."""
     target = extremes_as_reductions(request, "l[{k}] is not an extreme eigenvalue (only l[0] = max(l) and "
                                              "l[-1] = min(l))")
     atoms = reductions(target)
-    if len(atoms) != 1:
-        raise Decline("not c * max(l) + k, c * min(l) + k or c * max(abs(l)) + k")
-    (atom,) = atoms
-    which = {EMax(lam): "top", EMin(lam): "bottom", EMax(sp.Abs(lam)): "magnitude"}.get(atom)
-    if which is None:
-        raise Decline(f"{sp.sstr(atom)} is not max(l), min(l) or max(abs(l))")
-    fit = affine_in(target, atom)
-    if fit is None:
-        raise Decline("the extreme eigenvalue enters non-linearly; only c * max(l) + k is exact here")
-    return which, *fit
+    others = [atom for atom in atoms if atom not in WHICH]
+    if not atoms or others:
+        raise Decline(f"{sp.sstr(others[0]) if others else 'no extreme'} is not max(l), min(l) or max(abs(l))")
+    if len(atoms) == 1:
+        (atom,) = atoms
+        fit = affine_in(target, atom)
+        if fit is None:
+            raise Decline("the extreme eigenvalue enters non-linearly; only c * max(l) + k is exact here")
+        return {atom: fit[0]}, fit[1]
+    symbols = {atom: sp.Dummy() for atom in sorted(atoms, key=list(WHICH).index)}  # a stable phi
+    replaced = sp.expand(target.xreplace(symbols))
+    slopes = {atom: sp.diff(replaced, y) for atom, y in symbols.items()}
+    if any(slope.free_symbols & set(symbols.values()) for slope in slopes.values()):
+        raise Decline("the extreme eigenvalues enter non-linearly; only sums of c * max(l), c * min(l) and "
+                      "c * max(abs(l)) are exact here")
+    return slopes, sp.expand(replaced.subs({y: 0 for y in symbols.values()}))
+
+
+def _group(which: str, bound: float | None) -> tuple[Eigenvector, Domain]:
+    """The point mass for one extreme, and the spectra on which its power iteration converges."""
+    shift = 0.0 if which == "magnitude" or bound is None else float(bound)
+    pass_bound = "" if shift else "; pass --bound B to shift by B"
+    if which == "top":
+        return Eigenvector(which, shift), Domain(
+            lower=-shift if shift else 0.0,
+            reason=f"power iteration on H{f' + {shift:g} I' if shift else ''} finds the top eigenvector "
+                   f"when no eigenvalue is below {-shift if shift else 0:g}{pass_bound}")
+    if which == "bottom":
+        return Eigenvector(which, shift), Domain(
+            upper=shift, reason=f"power iteration on {f'{shift:g} I - H' if shift else '-H'} finds the bottom "
+                                f"eigenvector when no eigenvalue is above {shift:g}{pass_bound}")
+    return Eigenvector(which, shift), Domain()
 
 
 def derive(request: Request):
@@ -51,28 +76,31 @@ def derive(request: Request):
         raise Decline("no max, min or l[k] in the target")
     if request.degree is not None:
         raise Decline("--degree asks for an approximation's order (the surrogate strategy)")
-    which, c, k = _extreme(request)
-    sign = sign_of(c)
-    shift = 0.0 if which == "magnitude" or request.bound is None else float(request.bound)
-    mu = Eigenvector(which, shift)
-    phi = 2 * sp.Abs(_t1) if which == "magnitude" else 2 * _t1
-    pass_bound = "" if shift else "; pass --bound B to shift by B"
-    if which == "top":
-        domain = Domain(lower=-shift if shift else 0.0,
-                        reason=f"power iteration on H{f' + {shift:g} I' if shift else ''} finds the top eigenvector "
-                               f"when no eigenvalue is below {-shift if shift else 0:g}{pass_bound}")
-    elif which == "bottom":
-        domain = Domain(upper=shift, reason=f"power iteration on {f'{shift:g} I - H' if shift else '-H'} finds the "
-                                            f"bottom eigenvector when no eigenvalue is above {shift:g}{pass_bound}")
+    slopes, k = _extremes(request)
+    whiches = [WHICH[atom] for atom in slopes]
+    if {"top", "bottom"} <= set(whiches) and request.bound is None:
+        raise Decline("max(l) and min(l) together need --bound B: power iteration on H + B I and on B I - H "
+                      "(without it, one needs l >= 0 and the other l <= 0)")
+    args = phi_symbols(len(slopes))
+    pieces = [_group(which, request.bound) for which in whiches]
+    bases = [2 * sp.Abs(a) if which == "magnitude" else 2 * a for a, which in zip(args, whiches)]
+    if len(slopes) == 1:  # target = scale * S + k, S the extreme itself
+        sign = sign_of(next(iter(slopes.values())))
+        scale, phi = sp.simplify(sign * next(iter(slopes.values()))), sign * bases[0]
     else:
-        domain = Domain()
-    scale = sp.simplify(sign * c)
+        sign, scale, phi = 1, sp.Integer(1), sum(c * base for c, base in zip(slopes.values(), bases))
+    domains = [domain for _, domain in pieces]
+    domain = domains[0] if len(domains) == 1 else Domain(
+        lower=max(dm.lower for dm in domains), upper=min(dm.upper for dm in domains),
+        reason="; ".join(dm.reason for dm in domains if dm.reason))
+    described = ", ".join(f"{TEXT[which]}: {mu.describe()}" for which, (mu, _) in zip(whiches, pieces))
     steps = (
         f"target = {sp.sstr(request.target)}",
         "for a unit eigenvector u of H, Q(u) = u^T H u / 2 = l / 2 (Rayleigh quotient)",
-        f"mu = {mu.describe()}, psi = t, phi = {sp.sstr(phi)}: S = "
-        + {"top": "max(l)", "bottom": "min(l)", "magnitude": "max(abs(l))"}[which],
-        "the optimizer updates u by one power-iteration step per optimizer step, from its own perturbed pair",
+        f"mu = {described}; psi = t, phi = {sp.sstr(phi)}: S = " + sp.sstr(
+            sum((c * sp.Symbol(TEXT[w]) for c, w in zip(slopes.values(), whiches))) if len(slopes) > 1
+            else sp.Symbol(TEXT[whiches[0]])),
+        "the optimizer updates each u by one power-iteration step per optimizer step, from its own perturbed pair",
         relation(scale, sign, k),
     )
     assumptions = (
@@ -81,7 +109,8 @@ def derive(request: Request):
         f"{domain.describe()} ({domain.reason})" if domain != Domain() else
         "the eigenvalue largest in magnitude (either sign)",
     )
-    return make_measure(request, phi=sign * phi, psi=(t,), groups=(SampleGroup(mu, (0,)),), strategy=NAME,
+    groups = tuple(SampleGroup(mu, (j,)) for j, (mu, _) in enumerate(pieces))
+    return make_measure(request, phi=phi, psi=(t,) * len(slopes), groups=groups, strategy=NAME,
                         steps=steps, scale=scale, offset=k, domain=domain, assumptions=assumptions)
 
 

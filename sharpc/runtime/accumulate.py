@@ -108,14 +108,14 @@ class Sums:
             opt._reflect(s)
             loss = (loss + self._pass(closure, s)) / 2
             if group.kind == "eigenvector":  # H u ~ (g(x + rho u) - g(x - rho u)) / (2 rho)
-                opt._power.propose(kept, kept.stash, kept.grad, 2 * s.cfg.rho, group)
+                opt._power[group].propose(kept, kept.stash, kept.grad, 2 * s.cfg.rho, group)
             torch._foreach_add_(kept.grad, kept.stash)
             torch._foreach_mul_(kept.grad, 0.5)
             torch._foreach_sub_(kept.grad, kept.g0)
         else:
             torch._foreach_sub_(kept.grad, kept.g0)
             if group.kind == "eigenvector":  # H u ~ (g(x + rho u) - g(x)) / rho
-                opt._power.propose(kept, kept.grad, None, s.cfg.rho, group)
+                opt._power[group].propose(kept, kept.grad, None, s.cfg.rho, group)
         return opt._estimator.delta(loss, loss0, linear, s.cfg)
 
     def _pass(self, closure: Callable, s: Step) -> torch.Tensor:

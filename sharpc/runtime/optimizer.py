@@ -11,7 +11,7 @@ from ..errors import OptimizerError
 from .accumulate import Lean, Sums
 from .estimator import Estimator
 from .maths import load_forward_ad
-from .power import PowerIteration
+from .power import PowerIterations
 from .ranks import Ranks, Shards
 from .replay import STEP_LOCK, CommonRandomNumbers, running_stats
 from .sampling import GroupSpec, draw_, global_norm, lebesgue_log_weight
@@ -185,7 +185,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
                                  and getattr(base, "_step_supports_amp_scaling", False))
         self._estimator = Estimator(self)
         self._accumulation = Lean(self) if memory == "lean" else Sums(self)
-        self._power = PowerIteration()
+        self._power = PowerIterations(self.sample_groups)
         self._last_buffers: float | None = None
         self._kept: Kept | None = None           # flat buffers, kept while the parameter set is unchanged
         self._stats_kept: tuple | None = None     # kept copies of the running statistics
@@ -399,7 +399,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         state = self.base_optimizer.state_dict()
         state["phi_psi_sam"] = {"generator_state": self.generator.get_state(), "configuration": self._configuration(),
                                 "skipped_steps": self.skipped_steps, "magnitude": self._estimator.magnitude.state(),
-                                "eigenvector": self._power.state()}
+                                "eigenvectors": self._power.state()}
         if self._ranks.mode == "per-rank":
             state["phi_psi_sam"]["rank"] = self._ranks.rank
         return state
@@ -421,7 +421,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
         self.generator.set_state(ours["generator_state"])
         self.skipped_steps = ours["skipped_steps"]
         self._estimator.magnitude.load(ours["magnitude"])
-        self._power.load(ours.get("eigenvector"))
+        # (a checkpoint from before several eigenvectors were tracked holds one u, as "eigenvector")
+        self._power.load(ours.get("eigenvectors", [ours.get("eigenvector")]))
         if self._ranks.mode == "per-rank" and ours.get("rank") != self._ranks.rank:
             self._ranks.split_(self.generator)
 
@@ -715,7 +716,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         elif group.kind == "point":  # e_i indexes the parameters flattened in order, not the buffers
             draw_("point", kept.e_views, support=group.support)
         elif group.kind == "eigenvector":
-            torch._foreach_copy_(e, self._power.vector(kept, self.generator))
+            torch._foreach_copy_(e, self._power[group].vector(kept, self.generator))
         else:
             draw_(group.kind, e, self.generator, group.half_width, precision=group.precision)
             if group.weighted:  # of v itself, before |x| and rho scale it (float64: the d/2 log term is large)
@@ -782,4 +783,4 @@ class PhiPsiSAM(torch.optim.Optimizer):
         for p in s.trainable:
             p.grad = None
         s.rng.finish()
-        self._power.proposed = False
+        self._power.abandon()

@@ -57,3 +57,29 @@ class PowerIteration:
     def load(self, u: list | None) -> None:
         self.u = None if u is None else [t.clone() for t in u]
         self.pending = None if u is None else [torch.empty_like(t) for t in u]
+
+
+class PowerIterations:
+    """One PowerIteration per eigenvector sample group (max(l) - min(l) tracks two), by GroupSpec."""
+
+    def __init__(self, groups: tuple) -> None:
+        self.by_group = {group: PowerIteration() for group in groups if group.kind == "eigenvector"}
+
+    def __getitem__(self, group: GroupSpec) -> PowerIteration:
+        return self.by_group[group]
+
+    def commit(self, ranks: "Ranks", keep: torch.Tensor | None = None) -> None:
+        for iteration in self.by_group.values():
+            iteration.commit(ranks, keep)
+
+    def abandon(self) -> None:
+        """Drop this step's proposals (a failed step)."""
+        for iteration in self.by_group.values():
+            iteration.proposed = False
+
+    def state(self) -> list:
+        return [iteration.state() for iteration in self.by_group.values()]
+
+    def load(self, states: list) -> None:
+        for iteration, u in zip(self.by_group.values(), states):
+            iteration.load(u)
