@@ -215,7 +215,9 @@ def table(runs: list[Run], targets: list[str]) -> str:
                  and (task, r.seed) in base]  # runs without a baseline (--no-baselines) need --from with one
         if not group:
             continue
-        for target in ([name, *EXCESS.get(name, ())] if name in targets else [*targets, *(e for t in targets for e in EXCESS.get(t, ()))]):
+        shown = ([name, *EXCESS.get(name, ())] if name in targets
+                 else [*targets, *(e for t in targets for e in EXCESS.get(t, ()))])
+        for target in shown:
             if any(target not in r.targets or target not in base[task, r.seed].targets for r in group):
                 continue  # measured before this target joined the benchmark
             ratio = statistics.median(r.targets[target][0] / base[task, r.seed].targets[target][0] for r in group)

@@ -159,7 +159,9 @@ class Measure:
         terms = ([f"{random}*{n_samples}" if random > 1 else str(n_samples)] if random else []) + (
             [str(points)] if points else [])
         perturbed = " + ".join(terms)
-        return f"1 + {f'2*({perturbed})' if pair == 2 and len(terms) > 1 else f'2*{perturbed}' if pair == 2 else perturbed}"
+        if pair == 2:
+            perturbed = f"2*({perturbed})" if len(terms) > 1 else f"2*{perturbed}"
+        return f"1 + {perturbed}"
 
     def with_steps(self, *steps: str, **changes: Any) -> Measure:
         """A copy with derivation steps appended (and other fields replaced)."""
