@@ -57,4 +57,12 @@ def universal_targets(draw) -> tuple[str, dict]:
     return body, {"d": d, "bound": draw(st.sampled_from([1.0, 2.0, 0.5]))}
 
 
-correct_targets = st.one_of(power_sum_polynomials(), mgf_rows(), table1_rows(), universal_targets())
+@st.composite
+def sums_of_parts(draw) -> tuple[str, dict]:
+    """An extreme eigenvalue plus a power-sum polynomial at any d: the sum strategy's two measures."""
+    extreme = draw(st.sampled_from(["max(l)", "min(l)", "max(abs(l))", "max(l) - min(l)"]))
+    rest = draw(st.sampled_from(["sum(l)", "sum(l**2)", "sum(l**3)", "sum(l)**2"]))
+    return f"{draw(coefficients)}*{extreme} + {draw(coefficients)}*{rest}", {"bound": 2.0}
+
+
+correct_targets = st.one_of(power_sum_polynomials(), mgf_rows(), table1_rows(), universal_targets(), sums_of_parts())

@@ -14,6 +14,7 @@ of its form. The registry order is the order of preference, cheapest exact form 
     chebyshev    sum(f(l)) for continuous f on [-bound, bound] and any d, approximately:
                  a Chebyshev polynomial of f, then the moments strategy
     surrogate    max(l), min(l), max(abs(l)) for any d, approximately: p-norms of power sums
+    sum          A + B where the strategies above represent A and B: both measures side by side
 """
 
 from __future__ import annotations
@@ -131,11 +132,11 @@ def make_measure(request: Request, **fields) -> Measure:
 
 
 # The strategies import the helpers above.
-from . import chebyshev, eigenvector, matrix, mgf, moments, surrogate, table1, universal  # noqa: E402
+from . import chebyshev, eigenvector, matrix, mgf, moments, sums, surrogate, table1, universal  # noqa: E402
 
 #: Strategies in the order ``compile`` tries them.
 REGISTRY: dict[str, Strategy] = {
-    entry.name: entry for module in (matrix, table1, mgf, moments, universal, eigenvector, chebyshev, surrogate)
+    entry.name: entry for module in (matrix, table1, mgf, moments, universal, eigenvector, chebyshev, surrogate, sums)
     for entry in module.STRATEGIES
 }
 

@@ -95,14 +95,15 @@ def _unbiased_estimator(measure: Measure) -> tuple[UStatistic | None, str]:
     monomials = [(powers, coeff, [[measure.psi[c] for c in group.components for _ in range(powers[c])]
                                   for group in measure.groups])
                  for powers, coeff in sp.Poly(measure.phi, *args).terms()]
-    orders = [len(factors) for _, _, per_group in monomials for factors in per_group]
+    exact = [_base(g.distribution).deterministic for g in measure.groups]  # one sample, Q itself
+    orders = [len(factors) for _, _, per_group in monomials for a, factors in enumerate(per_group) if not exact[a]]
     if max(orders, default=0) > MAX_ORDER:
         return None, f"a monomial of phi multiplies {max(orders)} > {MAX_ORDER} expectations"
     work = sum(prod(_BELL[len(factors)] for factors in per_group) for _, _, per_group in monomials)
     if work > MAX_PARTITIONS:
         return None, (f"the U-statistic would sum over {work} set partitions (> {MAX_PARTITIONS}, about 0.3 ms "
                       "each to build)")
-    terms = [coeff * sp.Mul(*(_distinct_mean(factors, a) for a, factors in enumerate(per_group)))
+    terms = [coeff * sp.Mul(*(_distinct_mean(factors, a, exact[a]) for a, factors in enumerate(per_group)))
              for _, coeff, per_group in monomials]
     total, order = sp.Add(*terms), max(orders, default=0)
     symbols = sorted((s for s in total.free_symbols if s.name.startswith("P")), key=lambda s: s.name)
@@ -115,11 +116,17 @@ def _unbiased_estimator(measure: Measure) -> tuple[UStatistic | None, str]:
 _cached_unbiased_estimator = functools.lru_cache(maxsize=64)(_unbiased_estimator)
 
 
-def _distinct_mean(factors: list[sp.Expr], group: int) -> sp.Expr:
-    """Average of prod_j f_j(Delta_{i_j}) over distinct i_1..i_r, in power sums of the group."""
+def _distinct_mean(factors: list[sp.Expr], group: int, exact: bool = False) -> sp.Expr:
+    """Average of prod_j f_j(Delta_{i_j}) over distinct i_1..i_r, in power sums of the group.
+
+    An ``exact`` group (a point mass: one sample, whose Delta is Q itself) needs no distinct
+    samples: the product at its one sample is the expectation, sum_k c_k P_k.
+    """
     r = len(factors)
     if r == 0:
         return sp.Integer(1)
+    if exact:
+        return _power_sum(sp.Mul(*factors), group).subs(N, 1)
     total = sp.Integer(0)
     for partition in multiset_partitions(list(range(r))):
         mobius = prod((-1) ** (len(block) - 1) * factorial(len(block) - 1) for block in partition)
