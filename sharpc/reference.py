@@ -25,7 +25,7 @@ from functools import lru_cache
 import mpmath
 import sympy as sp
 
-from .distributions import Adaptive, DiracAt, Distribution, Gaussian, Lebesgue, Sphere, t
+from .distributions import Adaptive, DiracAt, Distribution, Eigenvector, Gaussian, Lebesgue, Sphere, t
 
 #: Significant digits of every reference computation.
 DIGITS = 50
@@ -112,6 +112,9 @@ def _integral(distribution: Distribution, psi: sp.Expr, spectrum: list) -> mpmat
         distribution = distribution.base
     if isinstance(distribution, DiracAt):
         return None  # read off H's entries, not the spectrum: the Monte Carlo case is exact
+    if isinstance(distribution, Eigenvector):  # the converged u: Q = l / 2 at the eigenvalue it finds
+        found = max(spectrum, key=lambda x: abs(distribution.sign * x + distribution.shift))
+        return mpmath.mpf(sp.lambdify(t, psi, "mpmath")(found / 2))
     terms = _terms(psi)
     if terms is None:
         return None

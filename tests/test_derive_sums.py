@@ -101,3 +101,16 @@ def test_the_unbiased_estimator_counts_one_sample_for_a_point_mass(n_samples):
     for _ in range(300):
         opt.step(quad.closure)
     assert opt.sharpness.item() == pytest.approx(SPECTRUM.max() - SPECTRUM.min() + 4, abs=1e-6)
+
+
+@pytest.mark.parametrize("which, shift, psi, expected", [
+    ("top", 5.0, 1, 1.0), ("bottom", 5.0, 1, -1.5), ("magnitude", 0.0, 2, 2.25), ("top", 0.0, 1, -1.5),
+])
+def test_the_exact_integral_of_a_tracked_eigenvector_is_psi_at_the_eigenvalue_it_converges_to(which, shift, psi,
+                                                                                              expected):
+    """Power iteration on sign H + shift I finds the eigenvalue largest in magnitude there (shift 0: -3 wins)."""
+    from sharpc.distributions import Eigenvector, t
+    from sharpc.reference import expectation
+
+    value = expectation(Eigenvector(which, shift), t**psi, [1.0, 2.0, -3.0])
+    assert float(value) == pytest.approx(expected)
