@@ -18,6 +18,7 @@ import sympy as sp
 import torch
 
 from _optim_helpers import frobenius, shifted_det
+import sharpc
 from sharpc import OptimizerError
 from sharpc.distributions import t
 from sharpc.emit import emit_module, generate
@@ -165,8 +166,8 @@ DRIVER = textwrap.dedent('''
 ''')
 
 
-def test_standalone_module_trains_exactly_like_the_in_process_class(tmp_path):
-    measure = frobenius()
+@pytest.mark.parametrize("measure", [frobenius(), sharpc.compile("max(l) + sum(l**2)")], ids=["frobenius", "sum"])
+def test_standalone_module_trains_exactly_like_the_in_process_class(tmp_path, measure):
     (tmp_path / "emitted.py").write_text(emit_module(measure, "FrobeniusSAM"))
     (tmp_path / "driver.py").write_text(DRIVER)
     result = subprocess.run([sys.executable, "-I", str(tmp_path / "driver.py"), str(tmp_path),
