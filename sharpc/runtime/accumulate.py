@@ -29,7 +29,7 @@ class Sums:
         if opt._ranks.sync and opt._reads_g0(s.cfg):  # the direction or Delta uses the global gradient
             opt._ranks.mean_(kept.g0)
         d = loss0.new_full((), s.d)  # phi and psi see d as a 0-d tensor
-        torch._foreach_zero_([t for acc in kept.acc for t in acc])
+        written = set()  # slots whose accumulators hold this step's first term (no zeroing pass)
         opt._last_buffers = kept.kept() / sum(p.numel() for p in s.trainable)
         deltas, running_max = [], {}
         for a, group in enumerate(opt.sample_groups):
@@ -47,9 +47,16 @@ class Sums:
                         exponent = s.log_weight + log_psi[slot]
                         weight = weight * self._rescaled(kept.acc[slot], running_max, slot, exponent)
                     for acc, direction in zip(kept.acc[slot], kept.grad):
-                        acc.add_(direction) if weight is None else acc.addcmul_(direction, weight)
+                        if slot not in written:
+                            acc.copy_(direction) if weight is None else torch.mul(direction, weight, out=acc)
+                        else:
+                            acc.add_(direction) if weight is None else acc.addcmul_(direction, weight)
+                    written.add(slot)
                 group_deltas.append(delta)
             deltas.append(torch.stack(group_deltas))
+        unwritten = [t for slot, acc in enumerate(kept.acc) if slot not in written for t in acc]
+        if unwritten:
+            torch._foreach_zero_(unwritten)
         opt._back_to_x(s)
         return (loss0, *opt._estimator.combine(deltas, d, s.cfg, s.d, s.log_weights))
 

@@ -1,6 +1,5 @@
 """PhiPsiSAM: the step (Algorithm 2 of Tahmasebi et al. 2024) on the pieces of this package."""
 
-import functools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -615,12 +614,14 @@ class PhiPsiSAM(torch.optim.Optimizer):
         """
         check = self.nonfinite != "ignore"
         if check or self._ranks.mode == "per-rank":
-            # (not the estimate itself: a determinant's scale may overflow while the step is sound)
-            checked = [torch.stack(s.losses), coefficients]
+            # One sum: a NaN or inf anywhere makes it non-finite, and finite values overflow it only
+            # beyond float32's range (low-precision gradients are summed in float32). Not the
+            # estimate itself: a determinant's scale may overflow while the step is sound.
+            total = torch.stack(s.losses).sum() + coefficients.sum()
             if self.grad_scaler is None or not self.grad_scaler.is_enabled():
-                checked.append(torch.stack(torch._foreach_norm(s.kept.g0)))  # the combined gradient
-            dtype = functools.reduce(torch.promote_types, [c.dtype for c in checked])  # widest: no overflow
-            finite = torch.isfinite(torch.cat([c.to(dtype) for c in checked])).all()
+                for g in s.kept.g0:  # the combined gradient, one flat buffer per (device, dtype)
+                    total = total + g.sum(dtype=torch.promote_types(g.dtype, torch.float32)).to(total.device)
+            finite = torch.isfinite(total)
         if self._ranks.mode == "per-rank":
             shared = torch.stack([loss0, sharpness.to(loss0.dtype), (~finite).to(loss0.dtype)])
             self._ranks.mean_([shared])
