@@ -15,13 +15,13 @@ import sharpc
 from sharpc.errors import SharpcError
 
 TARGETS = ["sum(l)", "sum(l**2)", "sum(l**3)", "max(l)", "min(l)", "max(abs(l))", "prod(l)", "sum(log(l))",
-           "sum(log(1 + l/10))"]
+           "sum(log(1 + l/10))", "max(l) - min(l)", "max(l) + sum(l**2)"]
 _classes: dict = {}
 
 
 def optimizer_for(target: str) -> type:
     if target not in _classes:
-        _classes[target] = sharpc.compile(target, **({"bound": 2.0} if target == "min(l)" else {})).optimizer_class()
+        _classes[target] = sharpc.compile(target, **({"bound": 2.0} if "min(l)" in target else {})).optimizer_class()
     return _classes[target]
 
 
