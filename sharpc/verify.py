@@ -522,8 +522,14 @@ _MPMATH = {
 
 def _mp_root(k: int, coefficients) -> mpmath.mpf:
     """The k-th largest real part of the roots of s^d + a_1 s^(d-1) + ... + a_d, at working precision."""
-    roots = mpmath.polyroots([1, *coefficients], maxsteps=500, extraprec=4 * mpmath.mp.prec)
-    return sorted((mpmath.re(r) for r in roots), reverse=True)[k]
+    return _mp_sorted_roots(tuple(coefficients), mpmath.mp.prec)[k]
+
+
+@lru_cache(maxsize=64)
+def _mp_sorted_roots(coefficients: tuple, precision: int) -> list:
+    """Real parts of the roots, largest first: phi asks for several k of one polynomial (max(l) - min(l))."""
+    roots = mpmath.polyroots([1, *coefficients], maxsteps=500, extraprec=4 * precision)
+    return sorted((mpmath.re(r) for r in roots), reverse=True)
 
 
 @lru_cache(maxsize=256)
