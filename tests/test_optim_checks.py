@@ -146,3 +146,27 @@ def test_a_step_refuses_to_run_while_another_thread_steps():
         thread.join(timeout=30)
     assert len(errors) == 1 and torch.isfinite(errors[0])
     other.step(make_closure(other_model, x, y))  # once the first step is done, the second may run
+
+
+def test_sparse_gradients_are_refused_with_parameters_untouched():
+    torch.manual_seed(0)
+    embedding, head = torch.nn.Embedding(20, 8, sparse=True), torch.nn.Linear(8, 3)
+    params = [*embedding.parameters(), *head.parameters()]
+    x, y = torch.randint(0, 20, (16, 5)), torch.randint(0, 3, (16,))
+    opt = FrobSAM(params, lr=0.1, seed=0)
+    before = [p.detach().clone() for p in params]
+
+    def closure():
+        loss = torch.nn.functional.cross_entropy(head(embedding(x).mean(1)), y)
+        loss.backward()
+        return loss
+
+    with pytest.raises(OptimizerError, match="sparse gradients"):
+        opt.step(closure)
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+
+
+def test_complex_parameters_are_refused_at_construction():
+    layer = torch.nn.Linear(4, 3).to(torch.complex64)
+    with pytest.raises(OptimizerError, match="complex parameters"):
+        FrobSAM(layer.parameters(), lr=0.1)

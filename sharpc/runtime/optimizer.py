@@ -196,6 +196,9 @@ class PhiPsiSAM(torch.optim.Optimizer):
         elif generator.device.type != device.type:
             raise self.Error(f"the generator is on {generator.device} but the parameters are on {device}")
         self.generator = generator
+        if any(p.is_complex() for p in self._trainable()):
+            raise self.Error("complex parameters are not supported: Q = v^T H v / 2 and the perturbations are "
+                             "real (view a complex parameter as two real ones with torch.view_as_real)")
         self._dimension(self._perturbed())
         self._ranks = Ranks(distributed, process_group, model, self._sharding(model, distributed))
         self._ranks.agree(self._configuration(execution=True))
@@ -563,6 +566,9 @@ class PhiPsiSAM(torch.optim.Optimizer):
         s.reached = [p for p, g in zip(s.trainable, grads) if g is not None]
         if not s.reached:
             raise self.Error("the closure did not call loss.backward(): no parameter has a gradient")
+        if any(g.is_sparse for g in grads if g is not None):
+            raise self.Error("sparse gradients (e.g. nn.Embedding(sparse=True)) are not supported: perturbations "
+                             "move every coordinate, so the step keeps dense buffers; use sparse=False")
         # every rank all-reduces the same layout: there, unreached parameters count as zero
         reached = s.trainable if self._ranks.mode else s.reached
         perturbed = {id(p) for p in s.perturbed}
