@@ -138,16 +138,6 @@ def make_optimizer(name: str, strength: float | None, options: str, model: nn.Mo
 CNN_SUBSET = 512
 
 
-class Negated:
-    """-H, for Lanczos at the bottom of the spectrum."""
-
-    def __init__(self, op: hessian.HessianOperator):
-        self.op, self.dim, self.dtype, self.device = op, op.dim, op.dtype, op.device
-
-    def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        return -self.op.matvec(v)
-
-
 def measure(task: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> dict:
     """Every target at the model's training-loss Hessian: exact on all of the data (mlp), or
     estimated with standard errors on the first CNN_SUBSET examples (cnn)."""
@@ -164,7 +154,7 @@ def measure(task: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed:
     logdet, exp = density.trace(lambda ev: torch.log1p(ev / 10)), density.trace(torch.exp)
     excess, nuclear = density.trace(torch.expm1), density.trace(torch.abs)
     top = hessian.lanczos(op, k=1, iterations=40, generator=generator)  # residual: its error bound
-    bottom = hessian.lanczos(Negated(op), k=1, iterations=40, generator=generator)
+    bottom = hessian.lanczos(hessian.Negated(op), k=1, iterations=40, generator=generator)
     norm = max((float(top.eigenvalues[0]), float(top.residuals[0])),
                (float(bottom.eigenvalues[0]), float(bottom.residuals[0])))  # |l| largest at either end
     # p2 + p1^2, unbiased: E[t^2] = p1^2 + se^2 for an unbiased t; delta-method standard error

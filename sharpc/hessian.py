@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from .distributions import Adaptive
 from .errors import SharpcError
 from .measure import Measure
-from .spectral import D, ESum, HEntry, lam, reductions
+from .spectral import D, Eig, EMax, EMin, ESum, HEntry, lam, reductions
 from .verify import target_at
 
 #: Largest dimension :meth:`HessianOperator.dense` builds without ``force=True``.
@@ -442,15 +442,23 @@ def evaluate(measure: Measure, model: nn.Module, loss_fn: Callable[[Tensor, Tens
              data: Batch | Iterable[Batch], *, exact_limit: int = DENSE_LIMIT, probes: int = 100,
              generator: torch.Generator | None = None, params: Iterable[Tensor] | None = None,
              mode: Literal["eval", "train"] | None = "eval",
-             distribution: ProbeDistribution = "rademacher") -> Estimate:
+             distribution: ProbeDistribution = "rademacher", iterations: int = 40,
+             slq_probes: int = 20) -> Estimate:
     """The measure's target (the sharpness as written, e.g. sum(l**2)) at the model's Hessian.
 
     Exact when there are at most ``exact_limit`` parameters: the target at the dense Hessian
-    (stderr 0). Otherwise stochastic, for targets that are polynomials in power sums
-    p_k = sum(l**k): products of power sums are averaged over distinct probes (a U-statistic
-    of Hutchinson samples z^T H^k z), so the estimate is unbiased; the stderr is the jackknife's.
-    Anything else above the limit (prod, max, l[k], entries of H) is a SharpcError. For an
-    adaptive (scale-invariant) measure, l are the eigenvalues of diag|x| H diag|x|, as in its
+    (stderr 0). Otherwise stochastic, for targets of the form
+
+        polynomial in power sums  +  sum_i c_i * extreme_i  +  sum_j c_j * sum(f_j(l)):
+
+    products of power sums are averaged over distinct probes (a U-statistic of Hutchinson
+    samples z^T H^k z, unbiased, jackknife stderr); max(l), min(l), max(abs(l)) (l[0], l[-1])
+    come from Lanczos with ``iterations`` steps, whose residual bounds the error (added to the
+    stderr in quadrature, and reported in ``details``); sums of other functions f from
+    stochastic Lanczos quadrature (``slq_probes`` probes, ``iterations`` nodes; their stderr is
+    over probes, the quadrature's bias is not in it). Anything else above the limit (prod,
+    l[k], products of extremes, entries of H) is a SharpcError. For an adaptive
+    (scale-invariant) measure, l are the eigenvalues of diag|x| H diag|x|, as in its
     optimizer. ``params`` and ``mode`` are passed to :class:`HessianOperator`.
     """
     hessian = HessianOperator(model, loss_fn, data, params=params, mode=mode)
@@ -462,12 +470,96 @@ def evaluate(measure: Measure, model: nn.Module, loss_fn: Callable[[Tensor, Tens
     if op.dim <= exact_limit:
         value = target_at(measure.target, op.dense(force=True).cpu().numpy())
         return Estimate(value, 0.0, 0, {"method": "exact", "d": op.dim})
-    terms = _power_sum_terms(measure.target.subs(D, op.dim))
+    parts = _parts_at_scale(measure.target.subs(D, op.dim))
+    if parts is None:
+        raise SharpcError(f"{measure.source!r} is not a polynomial in power sums plus multiples of max(l), min(l), "
+                          "max(abs(l)) and sums sum(f(l)), so it has no estimate at scale, and the model has "
+                          f"{op.dim} > exact_limit = {exact_limit} parameters for the exact Hessian (raise "
+                          "exact_limit, or see lanczos, slq and logdet)")
+    polynomial, extremes, sums = parts
+    pieces = [_polynomial(op, polynomial, probes, distribution, generator)] if polynomial else []
+    if extremes:
+        pieces.append(_extremes(op, extremes, iterations, generator))
+    if sums:
+        pieces.append(_spectral_sums(op, sums, slq_probes, iterations, distribution, generator))
+    value = sum(piece.value for piece in pieces)
+    stderr = math.sqrt(sum(piece.stderr ** 2 for piece in pieces))
+    if len(pieces) == 1:
+        return pieces[0]
+    return Estimate(value, stderr, max(piece.samples for piece in pieces),
+                    {"method": "sum of parts", "parts": [piece.details for piece in pieces]})
+
+
+#: The extreme eigenvalues evaluate estimates by Lanczos, as (top of H, top of -H) combinations.
+_EXTREMES = {EMax(lam): "top", EMin(lam): "bottom", EMax(sp.Abs(lam)): "magnitude",
+             Eig(0): "top", Eig(-1): "bottom"}
+
+
+def _parts_at_scale(target: sp.Expr) -> tuple | None:
+    """(power-sum terms or [], [(c, which)], [(c, f)]) with target = their sum; None if it is not so."""
+    polynomial, extremes, sums = sp.Integer(0), [], []
+    for term in sp.Add.make_args(sp.expand(target)):
+        others = [a for a in reductions(term) | term.atoms(Eig) if _power_order(a) is None]
+        if not others:
+            polynomial += term
+            continue
+        if len(others) != 1:
+            return None
+        (atom,) = others
+        coefficient = sp.simplify(term / atom)
+        if reductions(coefficient) or coefficient.has(Eig) or not coefficient.is_number:
+            return None
+        if atom in _EXTREMES:
+            extremes.append((float(coefficient), _EXTREMES[atom]))
+        elif isinstance(atom, ESum) and atom.body.free_symbols <= {lam}:
+            sums.append((float(coefficient), atom.body))
+        else:
+            return None
+    terms = _power_sum_terms(polynomial)
     if terms is None:
-        raise SharpcError(f"{measure.source!r} is not a polynomial in power sums sum(l**k), so it has no "
-                          f"stochastic estimate, and the model has {op.dim} > exact_limit = {exact_limit} "
-                          "parameters for the exact Hessian (raise exact_limit, or see lanczos, slq and logdet)")
-    return _polynomial(op, terms, probes, distribution, generator)
+        return None
+    return ([] if polynomial == 0 else terms), extremes, sums
+
+
+class Negated:
+    """-H: Lanczos at the top of -H finds the bottom of H."""
+
+    def __init__(self, op: Operator):
+        self.op, self.dim, self.dtype, self.device = op, op.dim, op.dtype, op.device
+
+    def matvec(self, v: Tensor) -> Tensor:
+        return -self.op.matvec(v)
+
+
+def _extremes(op: Operator, extremes: list, iterations: int, generator: torch.Generator | None) -> Estimate:
+    """sum_i c_i extreme_i by Lanczos at each end of the spectrum that is needed; residuals as errors."""
+    whiches = {which for _, which in extremes}
+    ends = {}
+    if whiches & {"top", "magnitude"}:
+        ends["top"] = lanczos(op, iterations=iterations, generator=generator)
+    if whiches & {"bottom", "magnitude"}:
+        ends["bottom"] = lanczos(Negated(op), iterations=iterations, generator=generator)
+    value_of = {"top": (float(ends["top"].eigenvalues[0]), float(ends["top"].residuals[0])) if "top" in ends else None,
+                "bottom": (-float(ends["bottom"].eigenvalues[0]), float(ends["bottom"].residuals[0]))
+                if "bottom" in ends else None}
+    if "magnitude" in whiches:
+        value_of["magnitude"] = max(((abs(v), r) for v, r in (value_of["top"], value_of["bottom"])))
+    value = sum(c * value_of[which][0] for c, which in extremes)
+    error = math.sqrt(sum((c * value_of[which][1]) ** 2 for c, which in extremes))
+    return Estimate(value, error, 0, {"method": "lanczos", "iterations": iterations,
+                                      "residuals": {which: value_of[which][1] for _, which in extremes}})
+
+
+def _spectral_sums(op: Operator, sums: list, probes: int, iterations: int, distribution: ProbeDistribution,
+                   generator: torch.Generator | None) -> Estimate:
+    """sum_j c_j tr f_j(H) by stochastic Lanczos quadrature: one set of probes for all, stderr over probes."""
+    density = slq(op, probes=probes, iterations=iterations, distribution=distribution, generator=generator)
+    nodes = density.nodes.cpu().numpy()
+    # Our own SymPy expressions in lam only (the parser built them): no user text reaches lambdify.
+    total = sum(c * np.broadcast_to(sp.lambdify(lam, body, "numpy")(nodes), nodes.shape) for c, body in sums)
+    samples = density.squared_norms * (density.weights * torch.as_tensor(total, dtype=density.weights.dtype,
+                                                                          device=density.weights.device)).sum(1)
+    return _estimate(samples, method="slq", iterations=density.nodes.shape[1])
 
 
 def _power_order(atom: sp.Expr) -> int | None:

@@ -334,6 +334,22 @@ def test_evaluate_stochastic_within_standard_errors(tiny, text, formula):
     assert estimate.samples == 200 and estimate.stderr > 0
 
 
+@pytest.mark.parametrize("text, options, formula", [
+    ("max(l) + sum(l**2)", {}, lambda l: l.max() + (l**2).sum()),
+    ("max(l) - min(l)", dict(bound=5.0), lambda l: l.max() - l.min()),
+    ("l[0] + 2*l[-1] - 1", dict(bound=5.0), lambda l: l.max() + 2 * l.min() - 1),
+    ("max(abs(l)) + sum(exp(l)) - 2*sum(l)", dict(bound=2.0), lambda l: np.abs(l).max() + np.exp(l).sum() - 2 * l.sum()),
+    ("sum(abs(l))", dict(bound=2.0), lambda l: np.abs(l).sum()),
+])
+def test_evaluate_at_scale_extremes_by_lanczos_and_sums_by_slq(tiny, text, options, formula):
+    """exact_limit=0 forces the stochastic route; at d = 32 Lanczos and the quadrature are exact,
+    so what is left is probe noise, within Z standard errors."""
+    model, batch, _, eigenvalues = tiny
+    estimate = hessian.evaluate(sharpc.compile(text, **options), model, half_mse, batch, exact_limit=0,
+                                generator=torch.Generator().manual_seed(4))
+    assert abs(estimate.value - formula(eigenvalues)) <= Z * estimate.stderr + 1e-8 * abs(formula(eigenvalues))
+
+
 def test_evaluate_refuses_what_it_cannot_estimate(tiny):
     model, batch, _, _ = tiny
     with pytest.raises(sharpc.SharpcError, match="power sums"):
