@@ -7,6 +7,10 @@ Gaussian vector of the model's size with torch's CPU generator: FrobSAM's n draw
 work that 1 + n plain SGD steps never do, so they bound the ratio from below.
 
     PYTHONPATH=.:<pytorch_optimizer> python benchmarks/step_floor.py   # the peer's row needs it
+
+A hand-written SAM step with the SAM preset's semantics (bit-exact restore, RNG replay, Delta, a
+host-read finiteness check) but none of its generality is timed beside them: the floor that a
+step specialized per measure could reach.
     python benchmarks/step_floor.py --phases    # also: each piece of the step, outside the closure
 """
 
@@ -63,6 +67,41 @@ SGD = dict(lr=0.01, momentum=0.9)
 N = 4
 
 
+def hand_written_sam(params: list, closure, rho: float = 0.05):
+    """A SAM step with the SAM preset's semantics and none of its machinery: the floor a
+    specialized step could reach. x is restored bit-exactly from a backup, the perturbed pass
+    replays the clean pass's global RNG state, .grad = g0 + strength (g1 - g0) with strength 1,
+    Delta is formed, and the finiteness of the losses and the gradient is read on the host."""
+    base = torch.optim.SGD(params, **SGD)
+    backup = [torch.empty_like(p) for p in params]
+
+    @torch.no_grad()
+    def step():
+        rng = torch.get_rng_state()
+        torch._foreach_copy_(backup, params)
+        for p in params:
+            p.grad = None
+        with torch.enable_grad():
+            loss0 = closure().detach()
+        g0 = [p.grad for p in params]
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(g0)))
+        torch._foreach_add_(params, torch._foreach_mul(g0, rho / norm.clamp_min(1e-12)))
+        for p in params:
+            p.grad = None
+        torch.set_rng_state(rng)
+        with torch.enable_grad():
+            loss1 = closure().detach()
+        torch._foreach_copy_(params, backup)
+        delta = (loss1 - loss0) / rho**2
+        g1 = [p.grad for p in params]
+        torch._foreach_sub_(g1, g0)
+        torch._foreach_add_(g1, g0)
+        if torch.isfinite(torch.stack([loss0, loss1, delta]).sum() + sum(g.sum() for g in g1)).item():
+            base.step()
+        return loss0
+    return step
+
+
 def main(repeats: int = 40, inner: int = 10, phases: bool = False) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -83,7 +122,8 @@ def main(repeats: int = 40, inner: int = 10, phases: bool = False) -> None:
                    difference="one-sided", clip=None, **SGD)
     sam = SAM(model.parameters(), rho=0.05, **SGD)
     steps = {"SGD": lambda: (sgd.zero_grad(), closure(), sgd.step()),
-             f"FrobSAM n={N} one-sided": lambda: frob.step(closure), "SAM preset": lambda: sam.step(closure)}
+             f"FrobSAM n={N} one-sided": lambda: frob.step(closure), "SAM preset": lambda: sam.step(closure),
+             "SAM, hand-written, same semantics": hand_written_sam(list(model.parameters()), closure)}
     try:
         from pytorch_optimizer import SAM as ReferenceSAM
 
@@ -127,6 +167,11 @@ def main(repeats: int = 40, inner: int = 10, phases: bool = False) -> None:
     print(f"FrobSAM n={N} / {N + 1} x SGD step: {frob_step / ((N + 1) * sgd_step):.2f}; with nothing outside the "
           f"closure but the {N} draws and one SGD update: "
           f"{(frob_passes + N * draw + sgd_step - median['SGD'][1]) / ((N + 1) * sgd_step):.2f}")
+    if "pytorch_optimizer.SAM" in median:
+        peer = median["pytorch_optimizer.SAM"][0]
+        floor = median["SAM, hand-written, same semantics"][0] / peer
+        print(f"SAM preset / pytorch_optimizer.SAM: {median['SAM preset'][0] / peer:.2f}; the hand-written step "
+              f"with the same semantics / pytorch_optimizer.SAM: {floor:.2f}")
 
 
 def print_phases(steps: dict, inside: list, count: int) -> None:
@@ -134,7 +179,7 @@ def print_phases(steps: dict, inside: list, count: int) -> None:
     spent = timed_phases(inside)
     rows = {}
     for name, step in steps.items():
-        if name == "SGD" or "pytorch" in name:
+        if name == "SGD" or "pytorch" in name or "hand-written" in name:
             continue
         spent.clear()
         inside[0], start = 0.0, time.perf_counter()
