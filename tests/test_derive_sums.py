@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _optim_helpers import PLAIN, Quadratic, mean_and_se, symmetric
+from _optim_helpers import PLAIN, Quadratic, make_closure, mean_and_se, symmetric
 
 import sharpc
 from sharpc import DerivationError
@@ -66,10 +66,7 @@ def test_a_sum_trains_and_its_state_round_trips():
     cls = sharpc.compile("max(l) + sum(l**2)").optimizer_class()
     opt = cls(model.parameters(), lr=0.1, seed=0)
 
-    def closure():
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        return loss
+    closure = make_closure(model, x, y)
 
     losses = [opt.step(closure).item() for _ in range(15)]
     assert losses[-1] < losses[0] and np.isfinite(opt.sharpness.item())

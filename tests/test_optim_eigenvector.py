@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import sympy as sp
 import torch
-from _optim_helpers import PLAIN, Quadratic, symmetric, tiny_mlp
+from _optim_helpers import PLAIN, Quadratic, make_closure, symmetric, tiny_mlp
 
 import sharpc
 from sharpc import OptimizerError
@@ -84,10 +84,7 @@ def test_u_is_saved_restored_and_left_alone_by_a_failed_step():
     cls = sharpc.compile("max(l)").optimizer_class()
     opt = cls(model.parameters(), lr=0.1, seed=0)
 
-    def closure():
-        loss = torch.nn.functional.cross_entropy(model(data), target)
-        loss.backward()
-        return loss
+    closure = make_closure(model, data, target)
 
     for _ in range(3):
         opt.step(closure)
@@ -172,10 +169,7 @@ def test_several_extremes_keep_one_u_each_through_a_checkpoint():
     cls = sharpc.compile("max(l) - min(l)", bound=5.0).optimizer_class()
     opt = cls(model.parameters(), lr=0.1, seed=0)
 
-    def closure():
-        loss = torch.nn.functional.cross_entropy(model(data), target)
-        loss.backward()
-        return loss
+    closure = make_closure(model, data, target)
 
     for _ in range(3):
         opt.step(closure)
