@@ -82,15 +82,15 @@ def derive(request: Request) -> Measure:
     bounds = [m.error_bound for m in approximate]
     variances = [0.0 if all(g.distribution.deterministic for g in m.groups) else m.variance_per_sample
                  for m in measures]  # independent samples: the parts' variances add
+    offset = sp.expand(constant + sum(m.offset for m in measures))
     return Measure(
         source=request.source, target=request.target, d=request.d, phi=sp.expand(phi), psi=psi, groups=groups,
         strategy=NAME,
         steps=(f"target = {' + '.join(sp.sstr(p) for p in parts)}"
                + (f" + {sp.sstr(constant)}" if constant != 0 else "") + ": each part its own measure",
                *steps, "phi = the sum of the parts' scale * phi, each on its own psi components",
-               "target = S" + (f" + {sp.sstr(constant + sum(m.offset for m in measures))}"
-                               if constant + sum(m.offset for m in measures) != 0 else "")),
-        offset=sp.expand(constant + sum(m.offset for m in measures)),
+               "target = S" + (f" + {sp.sstr(offset)}" if offset != 0 else "")),
+        offset=offset,
         assumptions=tuple(dict.fromkeys(a for m in measures for a in m.assumptions)),
         domain=_intersect([m.domain for m in measures]), exact=not approximate,
         approximant=approximant, variance_per_sample=None if None in variances else sum(variances),
