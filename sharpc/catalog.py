@@ -26,4 +26,6 @@ CATALOG: tuple[Entry, ...] = (
     Entry("trace-squared", "sum(l)**2", "squared trace", {}),
     Entry("top-eigenvalue", "max(l)", "largest eigenvalue, at any d (power iteration on the step's own pair)", {}),
     Entry("spectral-norm", "max(abs(l))", "largest |eigenvalue|, at any d (power iteration)", {}),
+    Entry("spectral-spread", "max(l) - min(l)", "largest minus smallest eigenvalue, |l_i| <= 10, any d (two "
+          "power iterations)", {"bound": 10.0}),
 )
