@@ -544,10 +544,11 @@ def _extremes(op: Operator, extremes: list, iterations: int, generator: torch.Ge
                 if "bottom" in ends else None}
     if "magnitude" in whiches:
         value_of["magnitude"] = max(((abs(v), r) for v, r in (value_of["top"], value_of["bottom"])))
-    value = sum(c * value_of[which][0] for c, which in extremes)
-    error = math.sqrt(sum((c * value_of[which][1]) ** 2 for c, which in extremes))
+    coefficient = {which: sum(c for c, w in extremes if w == which) for which in whiches}  # one error per end
+    value = sum(c * value_of[which][0] for which, c in coefficient.items())
+    error = math.sqrt(sum((c * value_of[which][1]) ** 2 for which, c in coefficient.items()))
     return Estimate(value, error, 0, {"method": "lanczos", "iterations": iterations,
-                                      "residuals": {which: value_of[which][1] for _, which in extremes}})
+                                      "residuals": {which: value_of[which][1] for which in whiches}})
 
 
 def _spectral_sums(op: Operator, sums: list, probes: int, iterations: int, distribution: ProbeDistribution,
