@@ -554,6 +554,7 @@ def _extremes(op: Operator, extremes: list, iterations: int, generator: torch.Ge
 def _spectral_sums(op: Operator, sums: list, probes: int, iterations: int, distribution: ProbeDistribution,
                    generator: torch.Generator | None) -> Estimate:
     """sum_j c_j tr f_j(H) by stochastic Lanczos quadrature: one set of probes for all, stderr over probes."""
+    _check_count("slq_probes", probes, 2)  # a standard error needs two
     density = slq(op, probes=probes, iterations=iterations, distribution=distribution, generator=generator)
     nodes = density.nodes.cpu().numpy()
     # Our own SymPy expressions in lam only (the parser built them): no user text reaches lambdify.

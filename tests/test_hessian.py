@@ -350,6 +350,14 @@ def test_evaluate_at_scale_extremes_by_lanczos_and_sums_by_slq(tiny, text, optio
     assert abs(estimate.value - formula(eigenvalues)) <= Z * estimate.stderr + 1e-8 * abs(formula(eigenvalues))
 
 
+def test_evaluate_at_scale_checks_its_counts(tiny):
+    model, batch, _, _ = tiny
+    measure = sharpc.compile("max(l) + sum(exp(l))", bound=2.0)
+    for options, name in [(dict(slq_probes=1), "slq_probes"), (dict(iterations=0), "iterations")]:
+        with pytest.raises(sharpc.SharpcError, match=name):
+            hessian.evaluate(measure, model, half_mse, batch, exact_limit=0, **options)
+
+
 def test_evaluate_refuses_what_it_cannot_estimate(tiny):
     model, batch, _, _ = tiny
     with pytest.raises(sharpc.SharpcError, match="power sums"):
