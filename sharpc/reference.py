@@ -114,7 +114,7 @@ def _integral(distribution: Distribution, psi: sp.Expr, spectrum: list) -> mpmat
         return None  # read off H's entries, not the spectrum: the Monte Carlo case is exact
     if isinstance(distribution, Eigenvector):  # the converged u: Q = l / 2 at the eigenvalue it finds
         found = max(spectrum, key=lambda x: abs(distribution.sign * x + distribution.shift))
-        return mpmath.mpf(sp.lambdify(t, psi, "mpmath")(found / 2))
+        return mpmath.mpf(_mp_function(psi)(found / 2))
     terms = _terms(psi)
     if terms is None:
         return None
@@ -125,6 +125,12 @@ def _integral(distribution: Distribution, psi: sp.Expr, spectrum: list) -> mpmat
             return None
         total += _mp(coeff) * value
     return total
+
+
+@lru_cache(maxsize=64)
+def _mp_function(psi: sp.Expr):
+    """psi as an mpmath function (our own expression in t: no user text reaches lambdify)."""
+    return sp.lambdify(t, psi, "mpmath")
 
 
 def _term(distribution: Distribution, spectrum: list, k: int | None, rate: mpmath.mpf | None):

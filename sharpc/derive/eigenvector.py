@@ -16,9 +16,12 @@ max(l) needs no bound in practice (docs/spectral.md), min(l) does.
 
 from __future__ import annotations
 
+import functools
+
 import sympy as sp
 
 from ..distributions import Eigenvector, t
+from ..domains import intersect
 from ..measure import Domain, SampleGroup, phi_symbols
 from ..spectral import Eig, EMax, EMin, lam, reductions
 from . import Decline, Request, Strategy, affine_in, extremes_as_reductions, make_measure, relation, sign_of
@@ -90,9 +93,7 @@ def derive(request: Request):
     else:
         sign, scale, phi = 1, sp.Integer(1), sum(c * base for c, base in zip(slopes.values(), bases))
     domains = [domain for _, domain in pieces]
-    domain = domains[0] if len(domains) == 1 else Domain(
-        lower=max(dm.lower for dm in domains), upper=min(dm.upper for dm in domains),
-        reason="; ".join(dm.reason for dm in domains if dm.reason))
+    domain = functools.reduce(intersect, domains)  # never empty: max and min together have a --bound
     described = ", ".join(f"{TEXT[which]}: {mu.describe()}" for which, (mu, _) in zip(whiches, pieces))
     steps = (
         f"target = {sp.sstr(request.target)}",

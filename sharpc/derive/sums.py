@@ -13,8 +13,11 @@ an extreme eigenvalue and the rest, or, where one of those is empty, into its te
 
 from __future__ import annotations
 
+import functools
+
 import sympy as sp
 
+from ..domains import intersect
 from ..errors import DerivationError
 from ..measure import Domain, Measure, SampleGroup, phi_symbols
 from ..spectral import D, Eig, EMax, EMin, reductions
@@ -46,12 +49,14 @@ def _parts(target: sp.Expr) -> tuple[list[sp.Expr], sp.Expr]:
 
 def _intersect(domains: list[Domain]) -> Domain:
     """Spectra where every part's identity holds (a Decline where that leaves at most one point)."""
-    lower = max(domains, key=lambda dm: (dm.lower, dm.strict_lower))
-    upper = min(dm.upper for dm in domains)
-    reason = "; ".join(dm.reason for dm in domains if dm.reason)
-    if lower.lower >= upper:
-        raise Decline(f"the parts' domains leave no interval of spectra ({reason})")
-    return Domain(lower=lower.lower, strict_lower=lower.strict_lower, upper=upper, reason=reason)
+    try:
+        domain = functools.reduce(intersect, domains)
+    except DerivationError:
+        domain = None
+    if domain is None or domain.lower >= domain.upper:
+        reasons = "; ".join(dm.reason for dm in domains if dm.reason)
+        raise Decline(f"the parts' domains leave no interval of spectra ({reasons})")
+    return domain
 
 
 def derive(request: Request) -> Measure:
