@@ -14,6 +14,7 @@ an extreme eigenvalue and the rest, or, where one of those is empty, into its te
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 
 import sympy as sp
 
@@ -66,7 +67,7 @@ def derive(request: Request) -> Measure:
     measures = []
     for part in parts:
         try:
-            measures.append(derive_target(Request(**{**request.__dict__, "source": sp.sstr(part), "target": part})))
+            measures.append(derive_target(replace(request, source=sp.sstr(part), target=part)))
         except DerivationError as error:
             raise Decline(f"the part {sp.sstr(part)} has no measure of its own") from error
         if not measures[-1].scale.is_polynomial(D):  # (2 pi)^d: inside phi it would overflow at model sizes
