@@ -124,7 +124,7 @@ def intersect(first: Domain, second: Domain) -> Domain:
         lower, strict = first.lower, first.strict_lower or second.strict_lower
     upper = min(first.upper, second.upper)
     reason = "; ".join(r for r in (first.reason, second.reason) if r)
-    if lower > upper or (strict and lower == upper) or math.isnan(lower + upper):
+    if lower > upper or (strict and lower == upper) or math.isnan(lower) or math.isnan(upper):
         raise DerivationError(f"the measure's domain ({first.describe()}) and the target's ({second.describe()}) "
                               "have no spectrum in common")
     return Domain(lower=lower, upper=upper, strict_lower=strict, reason=reason)

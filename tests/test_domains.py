@@ -60,3 +60,11 @@ def test_intersect_keeps_the_stricter_bounds():
     assert (box.lower, box.strict_lower, box.upper) == (0.0, True, 5.0)
     with pytest.raises(sharpc.SharpcError):
         intersect(Domain(lower=2.0), Domain(upper=1.0))
+
+
+def test_intersect_of_unbounded_domains_is_unbounded():
+    """-inf + inf is NaN: the empty-box check once read that as no spectrum in common."""
+    from sharpc.domains import intersect
+
+    assert intersect(Domain(), Domain()) == Domain()
+    assert intersect(Domain(lower=-1.0), Domain()).lower == -1.0
