@@ -28,9 +28,9 @@ class Sums:
         s.losses.append(loss0)
         if opt._ranks.sync and opt._reads_g0(s.cfg):  # the direction or Delta uses the global gradient
             opt._ranks.mean_(kept.g0)
-        d = loss0.new_full((), s.d)  # phi and psi see d as a 0-d tensor
+        d = opt._estimator.scalars(float(s.d), loss0)  # phi and psi see d as a 0-d tensor
         written = set()  # slots whose accumulators hold this step's first term (no zeroing pass)
-        opt._last_buffers = kept.kept() / sum(p.numel() for p in s.trainable)
+        opt._last_kept = kept
         deltas, running_max = [], {}
         for a, group in enumerate(opt.sample_groups):
             group_deltas = []
@@ -172,7 +172,7 @@ class Lean:
         if opt._ranks.sync:
             opt._ranks.mean_([losses])  # all of the step's losses in one scalar all-reduce
         s.losses = list(losses.unbind())
-        opt._last_buffers = s.kept.kept() / sum(p.numel() for p in s.trainable)
+        opt._last_kept = s.kept
         loss0, rest, linear = s.losses[0], iter(s.losses[1:]), iter(s.linear)
         d = loss0.new_full((), s.d)
         deltas = []

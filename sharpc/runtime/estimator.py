@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from .maths import autodiff_slopes, value_and_grad
+from .maths import Scalars, autodiff_slopes, value_and_grad
 from .step import Settings
 
 
@@ -59,19 +59,20 @@ class Estimator:
         self.scale, self.offset = owner.scale, owner.offset
         self.magnitude = RunningMean()     # relative=True: the running |target - flat value|
         self._constants: dict = {}         # the target's scale, offset and shift at the last (d, rho)
+        self.scalars = Scalars()
 
-    @staticmethod
-    def delta(loss: torch.Tensor, loss0: torch.Tensor, linear: torch.Tensor | None, cfg: Settings) -> torch.Tensor:
+    def delta(self, loss: torch.Tensor, loss0: torch.Tensor, linear: torch.Tensor | None,
+              cfg: Settings) -> torch.Tensor:
         """Delta = (L(x + e) - L(x) [- g0 . e]) / rho**2, the estimate of v^T H v / 2."""
         if linear is not None:
             loss = loss - linear
-        return (loss - loss0) / cfg.rho ** 2
+        return (loss - loss0) / self.scalars(cfg.rho ** 2, loss)
 
     def weights(self, group: int, delta: torch.Tensor, d: torch.Tensor, cfg: Settings):
         """(slot, weight) pairs: how much of this sample's direction each accumulator takes (None: all of it)."""
         if cfg.estimator == "plugin":
             symbolic = self.symbolic
-            slopes = self.psi_slopes(delta, d) if symbolic else autodiff_slopes(self.psi, delta, d)
+            slopes = (self.psi_slopes(delta, d) if symbolic else autodiff_slopes(self.psi, delta, d)).unbind()
             return [(c, slopes[c]) for c in self.groups[group].components]
         return [(slot, None if k == 1 else delta if k == 2 else delta ** (k - 1))  # None: weight 1
                 for slot, (a, k) in enumerate(self.power_sums) if a == group]
@@ -115,7 +116,9 @@ class Estimator:
             value, slopes = ((self.phi(ts, d), self.phi_grad(ts, d)) if self.symbolic
                              else value_and_grad(self.phi, ts, d))
             # (a mean over count samples: slope / count; one count for all needs no tensor)
-            if all(isinstance(c, int) for c in counts):
+            if counts == [1] * self.m:
+                pass
+            elif all(isinstance(c, int) for c in counts):
                 slopes = slopes / (counts[0] if len(set(counts)) == 1 else slopes.new_tensor(counts))
             else:
                 slopes = slopes / torch.stack([torch.as_tensor(c, dtype=slopes.dtype, device=slopes.device)
@@ -125,32 +128,35 @@ class Estimator:
             value, slopes = ((self.ustat(sums, n, d), self.ustat_grad(sums, n, d)) if self.symbolic
                              else value_and_grad(self.ustat, sums, n, d))
             slopes = torch.stack([s * k for s, (_, k) in zip(slopes.unbind(), self.power_sums)])
-        scale, offset, shift = self.target_constants(dim, d, cfg.rho)
-        estimate = (scale * value + offset).to(value.dtype)
+        scale, offset, shift, plain = self.target_constants(dim, d, cfg.rho)
+        estimate = value if plain else (scale * value + offset).to(value.dtype)  # (1 * S + 0 is S exactly)
         if cfg.relative:  # strength * grad(target) / mean|target - flat| = strength * grad(S) / mean|S + shift|
             magnitude = self.magnitude.proposed(value + shift.to(value.dtype))
             weight = 1 / (cfg.rho ** 2 * magnitude.clamp_min(torch.finfo(value.dtype).tiny))
         else:
-            weight = (scale / cfg.rho ** 2).to(value.dtype)
+            weight = self.scalars(1 / cfg.rho ** 2, value) if plain else (scale / cfg.rho ** 2).to(value.dtype)
         return estimate, slopes * weight
 
     def target_constants(self, dim: int, like: torch.Tensor, rho: float) -> tuple:
-        """scale, offset and the shift that makes ``value + shift`` the target's H-dependent part, per scale.
+        """scale, offset, the shift that makes ``value + shift`` the target's H-dependent part, per
+        scale, and whether the target is S itself (scale 1, offset 0).
 
         The shift is -S at a flat point (H = 0, where every difference is 0): ``relative`` then
         divides by |target - target at H = 0|, so a constant in the target (the d of
         sum(exp(l)), the + 5 of sum(l) + 5) changes neither its gradient nor its strength. Where
         S has no finite flat value (importance-sampled Lebesgue measures, log(0)) it is offset / scale,
         and ``relative`` divides by |target|. Computed in float64 (scale can be huge, (2 pi)^d
-        for determinants) once per (d, rho, device), not every step.
+        for determinants) on the host, once per (d, rho, device), not every step.
         """
         key = (dim, rho, like.device)
         if key not in self._constants:
-            d64 = like.new_full((), dim, dtype=torch.float64)
+            d64 = torch.tensor(float(dim), dtype=torch.float64)
             scale, offset = self.scale(d64, d64.new_tensor(rho)), self.offset(d64, d64.new_tensor(rho))
             flat = self.flat_value(d64)
             shift = offset / scale if flat is None else torch.where(torch.isfinite(flat), -flat, offset / scale)
-            self._constants = {key: (scale, offset, shift)}  # the latest only: rho may be annealed
+            plain = [scale.tolist(), offset.tolist()] == [1, 0]  # host tensors: no device read
+            # the latest only: rho may be annealed
+            self._constants = {key: (*(t.to(like.device) for t in (scale, offset, shift)), plain)}
         return self._constants[key]
 
     def flat_value(self, d: torch.Tensor) -> torch.Tensor | None:

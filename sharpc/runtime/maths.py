@@ -53,3 +53,24 @@ def value_and_grad(f: Callable, x: torch.Tensor, *args) -> tuple:
             return y.detach(), torch.zeros_like(x)
         (grad,) = torch.autograd.grad(y, x)
     return y.detach(), grad
+
+
+class Scalars:
+    """Constants as 0-d tensors, made once per (value, dtype, device).
+
+    An operation between two 0-d tensors dispatches about three times faster than one that
+    wraps a Python number first, and a tiny model's step does dozens of them. The result is
+    the same: a Python number in an operation with a tensor is converted to the tensor's dtype.
+    """
+
+    def __init__(self) -> None:
+        self._made: dict = {}
+
+    def __call__(self, value: float, like: torch.Tensor) -> torch.Tensor:
+        key = (value, like.dtype, like.device)
+        made = self._made.get(key)
+        if made is None:
+            if len(self._made) > 64:  # annealed hyperparameters: keep the latest only
+                self._made.clear()
+            made = self._made[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+        return made

@@ -28,6 +28,10 @@ def materialized(group: Any) -> Any:
 
 #: Hyperparameters that shape the whole step: every param group must agree on them.
 STEP_WIDE = ("n_samples", "estimator", "difference", "relative", "clip")
+#: Every hyperparameter a param group holds for the step (a change is checked before the next step).
+HYPERPARAMETERS = ("rho", "strength", "eta", "adaptive", "perturb", *STEP_WIDE)
+#: Loss dtypes Delta can be formed in as they are (others are promoted to float32).
+WIDE_ENOUGH = (torch.float32, torch.float64)
 #: Used when neither the caller nor the class's ``recommended`` sets a hyperparameter.
 FALLBACK = dict(strength=1.0, relative=False, n_samples=None, estimator="auto", difference="one-sided",
                 adaptive=False, eta=0.01)
@@ -176,6 +180,7 @@ class PhiPsiSAM(torch.optim.Optimizer):
         self.state = self.base_optimizer.state
         self.defaults.update(self.base_optimizer.defaults)
         self.model, self.nonfinite, self.memory, self.grad_scaler = model, nonfinite, memory, grad_scaler
+        self._checked_settings: tuple = (None, None)
         self._settings()  # validates every group now, not at the first step
         self.sharpness: torch.Tensor | None = None
         self.skipped_steps = 0
@@ -185,7 +190,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
         self._estimator = Estimator(self)
         self._accumulation = Lean(self) if memory == "lean" else Sums(self)
         self._power = PowerIterations(self.sample_groups)
-        self._last_buffers: float | None = None
+        self._last_kept: Kept | None = None       # the buffers the last step used (buffer_report)
+        self._hyper: tuple = (None, None, {})     # per-element hyperparameters, for (kept, settings)
         self._kept: Kept | None = None           # flat buffers, kept while the parameter set is unchanged
         self._stats_kept: tuple | None = None     # kept copies of the running statistics
         device = self.param_groups[0]["params"][0].device
@@ -273,7 +279,17 @@ class PhiPsiSAM(torch.optim.Optimizer):
         return self.recommended.get("radius", DEFAULT_RADIUS if random else POINT_RADIUS) * norm / typical
 
     def _settings(self) -> Settings:
-        """The step's hyperparameters, read from the param groups and checked."""
+        """The step's hyperparameters, read from the param groups and checked.
+
+        Checked again only when a group's values change (a schedule, add_param_group): the
+        check costs more than a tiny model's step should spend on it.
+        """
+        key = [(bool(g["params"]), *(g[k] for k in HYPERPARAMETERS)) for g in self.param_groups]
+        if key != self._checked_settings[0]:
+            self._checked_settings = (key, self._checked_groups())
+        return self._checked_settings[1]
+
+    def _checked_groups(self) -> Settings:
         for group in self.param_groups:
             rho, strength, eta = group["rho"], group["strength"], group["eta"]
             if not (isinstance(rho, (int, float)) and not isinstance(rho, bool) and 0 < rho < float("inf")):
@@ -381,7 +397,9 @@ class PhiPsiSAM(torch.optim.Optimizer):
         perturbation is drawn into the .grad buffer); memory="lean" the backup and the perturbation.
         """
         bound = 2 if self.memory == "lean" else 2 + self.slots + int(self._settings().difference == "antithetic")
-        return {"bound": bound, "allocated": self._last_buffers}
+        kept = self._last_kept
+        allocated = None if kept is None else kept.kept() / sum(p.numel() for p in self._trainable())
+        return {"bound": bound, "allocated": allocated}
 
     def _configuration(self, execution: bool = False) -> str:
         """What a checkpoint must share with this optimizer: the measure and the step's estimator.
@@ -542,11 +560,12 @@ class PhiPsiSAM(torch.optim.Optimizer):
         if kept is None or kept.key[0] != signature(perturbed):  # x is needed before the clean pass
             ids = {id(p) for p in perturbed}  # graded as when the closure reaches every parameter
             graded = perturbed + [p for p in trainable if id(p) not in ids]
+            self._dimension(perturbed)
             kept = self._kept = Kept(perturbed, graded, self._slots(cfg), cfg.difference == "antithetic",
                                      self.memory == "lean")
-        s = Step(perturbed, trainable, stats, before, clean,
-                 CommonRandomNumbers({p.device for p in trainable}), self._dimension(perturbed), cfg, kept.x_views)
-        s.writable = [local_shard(p) for p in perturbed]
+        s = Step(perturbed, trainable, stats, before, clean, CommonRandomNumbers(kept.devices), kept.d, cfg,
+                 kept.x_views)
+        s.writable = [local_shard(p) for p in perturbed] if kept.sharded else perturbed
         torch._foreach_copy_(s.backup, s.writable)
         if stats:
             torch._foreach_copy_(before, stats)
@@ -668,7 +687,17 @@ class PhiPsiSAM(torch.optim.Optimizer):
         return self._per_element(s, "strength", outer=False)
 
     def _per_element(self, s: Step, key: str, outer: bool = True) -> float | list:
-        """A hyperparameter of the perturbed (outer) or graded parameters' groups, as Kept.per_element gives it."""
+        """A hyperparameter of the perturbed (outer) or graded parameters' groups, as Kept.per_element
+        gives it; worked out once per parameter set and settings (the settings hold every group's values)."""
+        kept, cfg, known = self._hyper
+        if kept is not s.kept or cfg is not s.cfg:
+            known = {}
+            self._hyper = (s.kept, s.cfg, known)
+        if (key, outer) not in known:
+            known[key, outer] = self._group_values(s, key, outer)
+        return known[key, outer]
+
+    def _group_values(self, s: Step, key: str, outer: bool) -> float | list:
         groups = [g for g in self.param_groups if not outer or g["perturb"]]
         if len({float(g[key]) for g in groups}) == 1:
             return float(groups[0][key])
@@ -696,8 +725,12 @@ class PhiPsiSAM(torch.optim.Optimizer):
 
     def _evaluate(self, closure: Callable) -> torch.Tensor:
         """One closure call with gradients on; a DDP model does not all-reduce its backward."""
-        with torch.enable_grad(), self._ranks.no_sync():
-            loss = closure()
+        if self._ranks.ddp is None and self._ranks.shards is None:
+            with torch.enable_grad():
+                loss = closure()
+        else:
+            with torch.enable_grad(), self._ranks.no_sync():
+                loss = closure()
         return self._checked(loss)
 
     def _checked(self, loss: Any) -> torch.Tensor:
@@ -705,7 +738,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
             shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
             raise self.Error(f"the closure must return the loss as a 0-d tensor, got {shape}")
-        return loss.detach().to(torch.promote_types(loss.dtype, torch.float32))
+        loss = loss.detach()
+        return loss if loss.dtype in WIDE_ENOUGH else loss.to(torch.promote_types(loss.dtype, torch.float32))
 
     def _perturb(self, group: GroupSpec, s: Step, linear: bool = False) -> torch.Tensor | None:
         """Write x + e, e = rho * a * v, into the perturbed parameters (a = |x| + eta when adaptive).
@@ -772,6 +806,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
         s.rng.finish()
 
     def _forget_unreached(self, s: Step) -> None:
+        if len(s.reached) == len(s.trainable):
+            return
         reached = {id(p) for p in s.trainable} if self._ranks.mode else {id(p) for p in s.reached}
         for p in s.trainable:
             if id(p) not in reached:

@@ -74,6 +74,8 @@ class Kept:
         self.e_views = self.outer.views(self.e)
         self.e_local = [rows_of(v, p) for v, p in zip(self.e_views, perturbed)] if self.sharded else self.e_views
         self.g0_prefix = self.outer.prefixes(self.g0, self.inner)
+        self.d = sum(p.numel() for p in perturbed)  # the number of perturbed parameters
+        self.devices = {p.device for p in graded}
         self._filled: dict = {}
 
     def per_element(self, name: str, values: list, outer: bool = True) -> float | list:
