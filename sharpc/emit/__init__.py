@@ -344,10 +344,17 @@ def _derivative_blocks(measure: Measure, ustat: UStatistic | None) -> list[str]:
 
 
 def _printed(expr: sp.Expr, allowed: set[str], like: str) -> str:
-    """torch code for a derivative, broadcast to ``like``'s shape and dtype (it may be a constant)."""
+    """torch code for a derivative, with ``like``'s shape and dtype (it may be a constant).
+
+    An expression in ``like`` has them already (the other arguments are 0-d); a number is
+    filled in one kernel; anything else is broadcast by adding it to zeros.
+    """
     if expr.has(sp.Derivative, sp.Subs):
         raise PrinterError(f"no closed-form derivative: {sp.sstr(expr)}")
-    return f"torch.zeros_like({like}) + ({torch_code(expr, allowed)})"
+    if expr.is_number and expr.is_real:
+        return f"torch.full_like({like}, {float(expr)!r})"
+    code = torch_code(expr, allowed)
+    return code if like in {s.name for s in expr.free_symbols} else f"torch.zeros_like({like}) + ({code})"
 
 
 #: sharpc/runtime's modules in dependency order: the standalone module pastes them in this order.

@@ -60,6 +60,8 @@ class Estimator:
         self.magnitude = RunningMean()     # relative=True: the running |target - flat value|
         self._constants: dict = {}         # the target's scale, offset and shift at the last (d, rho)
         self.scalars = Scalars()
+        self.all_components = tuple(range(self.m))
+        self.powers = tuple(float(k) for _, k in self.power_sums)
 
     def delta(self, loss: torch.Tensor, loss0: torch.Tensor, linear: torch.Tensor | None,
               cfg: Settings) -> torch.Tensor:
@@ -110,24 +112,28 @@ class Estimator:
                         means[c], counts[c] = log_means[c], totals[c]
                     continue
                 values = self.psi(samples, d)
+                if group.components == self.all_components:  # one group takes every component
+                    means, counts = values.mean(1), [len(samples)] * self.m
+                    break
                 for c in group.components:
                     means[c], counts[c] = values[c].mean(), len(samples)
-            ts = torch.stack(means)
+            ts = means if isinstance(means, torch.Tensor) else torch.stack(means)
             value, slopes = ((self.phi(ts, d), self.phi_grad(ts, d)) if self.symbolic
                              else value_and_grad(self.phi, ts, d))
-            # (a mean over count samples: slope / count; one count for all needs no tensor)
-            if counts == [1] * self.m:
-                pass
-            elif all(isinstance(c, int) for c in counts):
-                slopes = slopes / (counts[0] if len(set(counts)) == 1 else slopes.new_tensor(counts))
+            # (a mean over count samples: slope / count; one count for all needs no tensor, one sample no division)
+            if all(isinstance(c, int) for c in counts):
+                if counts != [1] * self.m:
+                    slopes = slopes / (counts[0] if len(set(counts)) == 1 else slopes.new_tensor(counts))
             else:
                 slopes = slopes / torch.stack([torch.as_tensor(c, dtype=slopes.dtype, device=slopes.device)
                                                for c in counts])
         else:
-            sums = torch.stack([(deltas[a] ** k).sum() for a, k in self.power_sums])
+            powers = self.scalars(self.powers, deltas[0])  # (one group: every power sum in one kernel)
+            sums = ((deltas[0].unsqueeze(0) ** powers.unsqueeze(1)).sum(1) if len(deltas) == 1
+                    else torch.stack([(deltas[a] ** k).sum() for a, k in self.power_sums]))
             value, slopes = ((self.ustat(sums, n, d), self.ustat_grad(sums, n, d)) if self.symbolic
                              else value_and_grad(self.ustat, sums, n, d))
-            slopes = torch.stack([s * k for s, (_, k) in zip(slopes.unbind(), self.power_sums)])
+            slopes = slopes * powers  # d P_k / d Delta_i = k Delta_i**(k - 1)
         scale, offset, shift, plain = self.target_constants(dim, d, cfg.rho)
         estimate = value if plain else (scale * value + offset).to(value.dtype)  # (1 * S + 0 is S exactly)
         if cfg.relative:  # strength * grad(target) / mean|target - flat| = strength * grad(S) / mean|S + shift|

@@ -56,7 +56,7 @@ def value_and_grad(f: Callable, x: torch.Tensor, *args) -> tuple:
 
 
 class Scalars:
-    """Constants as 0-d tensors, made once per (value, dtype, device).
+    """Constants (numbers, or tuples of them) as tensors, made once per (value, dtype, device).
 
     An operation between two 0-d tensors dispatches about three times faster than one that
     wraps a Python number first, and a tiny model's step does dozens of them. The result is

@@ -593,7 +593,9 @@ class PhiPsiSAM(torch.optim.Optimizer):
         perturbed = {id(p) for p in s.perturbed}
         graded = s.perturbed + [p for p in reached if id(p) not in perturbed]
         lean = self.memory == "lean"
-        key = (signature(s.perturbed), signature(graded), self._slots(s.cfg), s.cfg.difference == "antithetic", lean)
+        perturbed_signature = self._kept.key[0]  # checked by _start; graded starts with the perturbed parameters
+        key = (perturbed_signature, perturbed_signature if len(graded) == len(s.perturbed) else signature(graded),
+               self._slots(s.cfg), s.cfg.difference == "antithetic", lean)
         if self._kept.key != key:
             backup = self._kept.x
             self._kept = Kept(s.perturbed, graded, *key[2:])
@@ -642,7 +644,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
             # One sum: a NaN or inf anywhere makes it non-finite, and finite values overflow it only
             # beyond float32's range (low-precision gradients are summed in float32). Not the
             # estimate itself: a determinant's scale may overflow while the step is sound.
-            total = torch.stack(s.losses).sum() + coefficients.sum()
+            losses = torch.stack(s.losses)
+            total = torch.cat((losses, coefficients.to(losses.dtype))).sum()
             if self.grad_scaler is None or not self.grad_scaler.is_enabled():
                 for g in s.kept.g0:  # the combined gradient, one flat buffer per (device, dtype)
                     total = total + g.sum(dtype=torch.promote_types(g.dtype, torch.float32)).to(total.device)
@@ -751,9 +754,14 @@ class PhiPsiSAM(torch.optim.Optimizer):
         kept = s.kept
         e = kept.e
         if group.kind == "dirac":  # SAM: v = a g0 / |a g0|, so the step is rho a^2 g0 / |a g0| (ASAM)
-            torch._foreach_copy_(e, kept.g0_prefix)
-            self._scale_adaptive(s, group.adaptive)
-            torch._foreach_div_(e, global_norm(e).clamp_min(torch.finfo(e[0].dtype).tiny))
+            if self._adaptive(s, group.adaptive):
+                torch._foreach_copy_(e, kept.g0_prefix)
+                self._scale_adaptive(s, group.adaptive)
+                torch._foreach_div_(e, global_norm(e).clamp_min(torch.finfo(e[0].dtype).tiny))
+            else:
+                norm = global_norm(kept.g0_prefix).clamp_min(torch.finfo(e[0].dtype).tiny)
+                for v, g in zip(e, kept.g0_prefix):
+                    torch.div(g, norm, out=v)
         elif group.kind == "point":  # e_i indexes the parameters flattened in order, not the buffers
             draw_("point", kept.e_views, support=group.support)
         elif group.kind == "eigenvector":
@@ -782,9 +790,13 @@ class PhiPsiSAM(torch.optim.Optimizer):
             torch._foreach_copy_(s.writable, kept.e_views)
         return dot
 
+    def _adaptive(self, s: Step, measure_is_adaptive: bool) -> float | list:
+        """1 where the perturbation is scaled by |x| + eta (the measure's or the group's choice), else 0."""
+        return 1.0 if measure_is_adaptive else self._per_element(s, "adaptive")
+
     def _scale_adaptive(self, s: Step, measure_is_adaptive: bool) -> None:
         """e *= |x| + eta where the measure or the parameter's group is adaptive."""
-        adaptive = 1.0 if measure_is_adaptive else self._per_element(s, "adaptive")
+        adaptive = self._adaptive(s, measure_is_adaptive)
         if adaptive == 0.0:
             return
         factor = torch._foreach_add(torch._foreach_abs(s.kept.x), self._per_element(s, "eta"))
