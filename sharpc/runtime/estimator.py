@@ -134,18 +134,21 @@ class Estimator:
             value, slopes = ((self.ustat(sums, n, d), self.ustat_grad(sums, n, d)) if self.symbolic
                              else value_and_grad(self.ustat, sums, n, d))
             slopes = slopes * powers  # d P_k / d Delta_i = k Delta_i**(k - 1)
-        scale, offset, shift, plain = self.target_constants(dim, d, cfg.rho)
-        estimate = value if plain else (scale * value + offset).to(value.dtype)  # (1 * S + 0 is S exactly)
+        scale, offset, shift, (scale_value, offset_value) = self.target_constants(dim, d, cfg.rho)
+        if offset_value != 0:  # (in float64: a determinant's scale may overflow float32)
+            estimate = (scale * value + offset).to(value.dtype)
+        else:  # 1 * S is S exactly
+            estimate = value if scale_value == 1 else (scale * value).to(value.dtype)
         if cfg.relative:  # strength * grad(target) / mean|target - flat| = strength * grad(S) / mean|S + shift|
             magnitude = self.magnitude.proposed(value + shift.to(value.dtype))
             weight = 1 / (cfg.rho ** 2 * magnitude.clamp_min(torch.finfo(value.dtype).tiny))
         else:
-            weight = self.scalars(1 / cfg.rho ** 2, value) if plain else (scale / cfg.rho ** 2).to(value.dtype)
+            weight = self.scalars(scale_value / cfg.rho ** 2, value)
         return estimate, slopes * weight
 
     def target_constants(self, dim: int, like: torch.Tensor, rho: float) -> tuple:
         """scale, offset, the shift that makes ``value + shift`` the target's H-dependent part, per
-        scale, and whether the target is S itself (scale 1, offset 0).
+        scale, and the values of scale and offset as Python numbers.
 
         The shift is -S at a flat point (H = 0, where every difference is 0): ``relative`` then
         divides by |target - target at H = 0|, so a constant in the target (the d of
@@ -160,9 +163,9 @@ class Estimator:
             scale, offset = self.scale(d64, d64.new_tensor(rho)), self.offset(d64, d64.new_tensor(rho))
             flat = self.flat_value(d64)
             shift = offset / scale if flat is None else torch.where(torch.isfinite(flat), -flat, offset / scale)
-            plain = [scale.tolist(), offset.tolist()] == [1, 0]  # host tensors: no device read
+            values = (scale.tolist(), offset.tolist())  # tensors made on the host here: no device read
             # the latest only: rho may be annealed
-            self._constants = {key: (*(t.to(like.device) for t in (scale, offset, shift)), plain)}
+            self._constants = {key: (*(t.to(like.device) for t in (scale, offset, shift)), values)}
         return self._constants[key]
 
     def flat_value(self, d: torch.Tensor) -> torch.Tensor | None:

@@ -1,5 +1,6 @@
 """PhiPsiSAM: the step (Algorithm 2 of Tahmasebi et al. 2024) on the pieces of this package."""
 
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -647,16 +648,18 @@ class PhiPsiSAM(torch.optim.Optimizer):
             losses = torch.stack(s.losses)
             total = torch.cat((losses, coefficients.to(losses.dtype))).sum()
             if self.grad_scaler is None or not self.grad_scaler.is_enabled():
-                for g in s.kept.g0:  # the combined gradient, one flat buffer per (device, dtype)
-                    total = total + g.sum(dtype=torch.promote_types(g.dtype, torch.float32)).to(total.device)
-            finite = torch.isfinite(total)
+                for g, dtype in zip(s.kept.g0, s.kept.sum_dtypes):  # the combined gradient, one buffer per
+                    total = total + g.sum(dtype=dtype).to(total.device)  # (device, dtype)
         if self._ranks.mode == "per-rank":
-            shared = torch.stack([loss0, sharpness.to(loss0.dtype), (~finite).to(loss0.dtype)])
+            shared = torch.stack([loss0, sharpness.to(loss0.dtype), (~torch.isfinite(total)).to(loss0.dtype)])
             self._ranks.mean_([shared])
-            loss0, sharpness, finite = shared[0], shared[1], shared[2] == 0
+            loss0, sharpness, total = shared[0], shared[1], shared[2]  # 0 where every rank is finite
+            total = torch.where(total == 0, 0.0, float("nan"))
         if not check:
             return loss0, sharpness, True
-        return loss0, sharpness, finite if self._skips_on_device else bool(finite.item())
+        if self._skips_on_device:
+            return loss0, sharpness, torch.isfinite(total)
+        return loss0, sharpness, math.isfinite(total.item())
 
     def _skip(self, s: Step, loss0: torch.Tensor) -> torch.Tensor:
         """A non-finite step: restore everything, then raise or count it."""

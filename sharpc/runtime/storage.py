@@ -75,6 +75,8 @@ class Kept:
         self.e_local = [rows_of(v, p) for v, p in zip(self.e_views, perturbed)] if self.sharded else self.e_views
         self.g0_prefix = self.outer.prefixes(self.g0, self.inner)
         self.d = sum(p.numel() for p in perturbed)  # the number of perturbed parameters
+        # g0's buffers are summed in at least float32 (the finiteness check)
+        self.sum_dtypes = [torch.promote_types(g.dtype, torch.float32) for g in self.g0]
         self.devices = {p.device for p in graded}
         self._filled: dict = {}
 
