@@ -14,6 +14,52 @@ from .sampling import GroupSpec
 from .step import Step
 
 
+def add_weighted_(acc: torch.Tensor, direction: torch.Tensor, weight: torch.Tensor | None, first: bool) -> None:
+    """acc = weight * direction (the step's first term) or acc += weight * direction; None weighs 1."""
+    if first:
+        acc.copy_(direction) if weight is None else torch.mul(direction, weight, out=acc)
+    else:
+        acc.add_(direction) if weight is None else acc.addcmul_(direction, weight)
+
+
+def add_regularizer_(kept, coefficients: torch.Tensor, strength: float | list, clip: float | None) -> None:
+    """g0 += strength * sum_slot coefficient * accumulator, in the kept buffers.
+
+    With ``clip``, the added term is scaled down to at most clip * |g0|: heavy-tailed
+    estimates (high powers of Delta) cannot throw the step.
+    """
+    weights_of = [[c * w for w in strength] if isinstance(strength, list) else [c * strength] * len(kept.g0)
+                  for c in coefficients.unbind()]
+    if clip is None:
+        for acc_slot, weights in zip(kept.acc, weights_of):
+            for g0, acc, w in zip(kept.g0, acc_slot, weights):
+                g0.addcmul_(acc, w)
+        return
+    regularizer = kept.acc[0]
+    for slot, (acc_slot, weights) in enumerate(zip(kept.acc, weights_of)):
+        for r, acc, w in zip(regularizer, acc_slot, weights):
+            r.mul_(w) if slot == 0 else r.addcmul_(acc, w)
+    # norms in float64: gradients scaled by a GradScaler (up to 2**127) overflow a float32 sum of squares
+    size = torch.stack(torch._foreach_norm(regularizer, 2, dtype=torch.float64)).norm()
+    limit = clip * torch.stack(torch._foreach_norm(kept.g0, 2, dtype=torch.float64)).norm()
+    factor = (limit / size.clamp_min(torch.finfo(size.dtype).tiny)).clamp_max(1)
+    for g0, r in zip(kept.g0, regularizer):
+        g0.add_(r.mul_(factor.to(r.dtype)))
+
+
+def checksum(losses: list, coefficients: torch.Tensor, kept, gradient: bool = True) -> torch.Tensor:
+    """One number that is finite exactly when every loss, coefficient and (with ``gradient``) the
+    combined gradient in the kept g0 buffers is: a NaN or inf anywhere makes the sum non-finite,
+    and finite values overflow it only beyond float32's range (low-precision gradients are summed
+    in float32). Not the estimate itself: a determinant's scale may overflow while the step is sound."""
+    stacked = torch.stack(losses)
+    total = torch.cat((stacked, coefficients.to(stacked.dtype))).sum()
+    if gradient:
+        for g, dtype in zip(kept.g0, kept.sum_dtypes):  # one flat buffer per (device, dtype)
+            total = total + g.sum(dtype=dtype).to(total.device)
+    return total
+
+
 class Sums:
     """memory="sums": a backup, g0 and one accumulator per slot; 1 + n passes per step."""
 
@@ -47,10 +93,7 @@ class Sums:
                         exponent = s.log_weight + log_psi[slot]
                         weight = weight * self._rescaled(kept.acc[slot], running_max, slot, exponent)
                     for acc, direction in zip(kept.acc[slot], kept.grad):
-                        if slot not in written:
-                            acc.copy_(direction) if weight is None else torch.mul(direction, weight, out=acc)
-                        else:
-                            acc.add_(direction) if weight is None else acc.addcmul_(direction, weight)
+                        add_weighted_(acc, direction, weight, first=slot not in written)
                     written.add(slot)
                 group_deltas.append(delta)
             deltas.append(torch.stack(group_deltas))
@@ -79,24 +122,7 @@ class Sums:
         """
         opt = self.opt
         kept = s.kept
-        strength = opt._strengths(s)
-        weights_of = [[c * w for w in strength] if isinstance(strength, list) else [c * strength] * len(kept.g0)
-                      for c in coefficients.unbind()]
-        if s.cfg.clip is None:
-            for acc_slot, weights in zip(kept.acc, weights_of):
-                for g0, acc, w in zip(kept.g0, acc_slot, weights):
-                    g0.addcmul_(acc, w)
-        else:  # at most clip * |g0|: heavy-tailed estimates (high powers of Delta) cannot throw the step
-            regularizer = kept.acc[0]
-            for slot, (acc_slot, weights) in enumerate(zip(kept.acc, weights_of)):
-                for r, acc, w in zip(regularizer, acc_slot, weights):
-                    r.mul_(w) if slot == 0 else r.addcmul_(acc, w)
-            # norms in float64: gradients scaled by a GradScaler (up to 2**127) overflow a float32 sum of squares
-            size = torch.stack(torch._foreach_norm(regularizer, 2, dtype=torch.float64)).norm()
-            limit = s.cfg.clip * torch.stack(torch._foreach_norm(kept.g0, 2, dtype=torch.float64)).norm()
-            factor = (limit / size.clamp_min(torch.finfo(size.dtype).tiny)).clamp_max(1)
-            for g0, r in zip(kept.g0, regularizer):
-                g0.add_(r.mul_(factor.to(r.dtype)))
+        add_regularizer_(kept, coefficients, opt._strengths(s), s.cfg.clip)
         if opt._ranks.shards:  # the step's one gradient reduce-scatter, into DTensor .grad shards
             opt._ranks.shards.scatter(kept.graded, kept.g0_views)
             return

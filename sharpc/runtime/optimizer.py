@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..errors import OptimizerError
-from .accumulate import Lean, Sums
+from .accumulate import Lean, Sums, checksum
 from .estimator import Estimator
 from .maths import load_forward_ad
 from .power import PowerIterations
@@ -642,14 +642,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
         """
         check = self.nonfinite != "ignore"
         if check or self._ranks.mode == "per-rank":
-            # One sum: a NaN or inf anywhere makes it non-finite, and finite values overflow it only
-            # beyond float32's range (low-precision gradients are summed in float32). Not the
-            # estimate itself: a determinant's scale may overflow while the step is sound.
-            losses = torch.stack(s.losses)
-            total = torch.cat((losses, coefficients.to(losses.dtype))).sum()
-            if self.grad_scaler is None or not self.grad_scaler.is_enabled():
-                for g, dtype in zip(s.kept.g0, s.kept.sum_dtypes):  # the combined gradient, one buffer per
-                    total = total + g.sum(dtype=dtype).to(total.device)  # (device, dtype)
+            scaled = self.grad_scaler is not None and self.grad_scaler.is_enabled()  # (the scaler checks the gradient)
+            total = checksum(s.losses, coefficients, s.kept, gradient=not scaled)
         if self._ranks.mode == "per-rank":
             shared = torch.stack([loss0, sharpness.to(loss0.dtype), (~torch.isfinite(total)).to(loss0.dtype)])
             self._ranks.mean_([shared])
