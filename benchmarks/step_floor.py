@@ -25,6 +25,7 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
+from run_all import Algorithm3  # noqa: E402
 
 from sharpc.optim import SAM, FrobSAM  # noqa: E402
 from sharpc.runtime import accumulate, estimator, optimizer  # noqa: E402
@@ -102,6 +103,69 @@ def hand_written_sam(params: list, closure, rho: float = 0.05):
     return step
 
 
+def hand_written_frobsam(params: list, closure, n: int = N, rho: float = 0.01, strength: float = 1e-7, seed: int = 0):
+    """FrobSAM's step (unbiased U-statistic, one-sided differences) with the preset's semantics and
+    none of its machinery: x, g0 and two accumulators in flat buffers kept across steps, the
+    perturbation drawn over the whole vector, RNG replay, a bit-exact restore and a host-read
+    finiteness check of the losses, the coefficients and the gradient."""
+    base = torch.optim.SGD(params, **SGD)
+    sizes = [p.numel() for p in params]
+
+    def flat():
+        buffer = torch.zeros(sum(sizes))
+        return buffer, [v.view_as(p) for v, p in zip(buffer.split(sizes), params)]
+    (x, x_views), (g0, g0_views), (grad, grad_views) = flat(), flat(), flat()
+    sum_g, sum_delta_g = torch.zeros_like(x), torch.zeros_like(x)
+    generator = torch.Generator().manual_seed(seed)
+    inverse_rho2 = torch.tensor(1 / rho**2)
+
+    @torch.no_grad()
+    def step():
+        rng, before = torch.get_rng_state(), generator.get_state()
+        torch._foreach_copy_(x_views, params)
+        for p in params:
+            p.grad = None
+        with torch.enable_grad():
+            loss0 = closure().detach()
+        torch._foreach_copy_(g0_views, [p.grad for p in params])
+        for p, view in zip(params, grad_views):
+            p.grad = view
+        losses, deltas = [loss0], []
+        for i in range(n):
+            grad.normal_(generator=generator)
+            torch.add(x, grad, alpha=rho, out=grad)
+            torch._foreach_copy_(params, grad_views)
+            grad.zero_()
+            torch.set_rng_state(rng)
+            with torch.enable_grad():
+                loss = closure().detach()
+            grad.sub_(g0)
+            delta = (loss - loss0) * inverse_rho2
+            if i == 0:
+                sum_g.copy_(grad)
+                torch.mul(grad, delta, out=sum_delta_g)
+            else:
+                sum_g.add_(grad)
+                sum_delta_g.addcmul_(grad, delta)
+            losses.append(loss)
+            deltas.append(delta)
+        torch._foreach_copy_(params, x_views)
+        torch.set_rng_state(rng)
+        samples = torch.stack(deltas)  # U = 2 P2 / n - 2 (P1^2 - P2) / (n (n - 1)), P_k = sum Delta^k
+        p1 = samples.sum()
+        coefficients = torch.stack([-4 * p1 / (n * (n - 1)), p1.new_tensor(2 * (2 / n + 2 / (n * (n - 1))))])
+        coefficients = coefficients * (strength / rho**2)
+        g0.addcmul_(sum_g, coefficients[0])
+        g0.addcmul_(sum_delta_g, coefficients[1])
+        if not torch.isfinite(torch.cat([torch.stack(losses), coefficients]).sum() + g0.sum()).item():
+            generator.set_state(before)
+            raise FloatingPointError("non-finite step")
+        grad.copy_(g0)
+        base.step()
+        return loss0
+    return step
+
+
 def main(repeats: int = 40, inner: int = 10, phases: bool = False) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -121,9 +185,12 @@ def main(repeats: int = 40, inner: int = 10, phases: bool = False) -> None:
     frob = FrobSAM(model.parameters(), n_samples=N, seed=0, rho=0.01, strength=1e-7, relative=False,
                    difference="one-sided", clip=None, **SGD)
     sam = SAM(model.parameters(), rho=0.05, **SGD)
+    frosam = Algorithm3(model.parameters(), n=N, seed=0, rho=0.01, strength=1e-7 / 0.01**2, draw="per-tensor", **SGD)
     steps = {"SGD": lambda: (sgd.zero_grad(), closure(), sgd.step()),
              f"FrobSAM n={N} one-sided": lambda: frob.step(closure), "SAM preset": lambda: sam.step(closure),
-             "SAM, hand-written, same semantics": hand_written_sam(list(model.parameters()), closure)}
+             "SAM, hand-written, same semantics": hand_written_sam(list(model.parameters()), closure),
+             f"FrobSAM n={N}, hand-written, same semantics": hand_written_frobsam(list(model.parameters()), closure),
+             "FROSAM structure (issue 10's peer)": lambda: frosam.step(closure)}
     try:
         from pytorch_optimizer import SAM as ReferenceSAM
 
@@ -164,9 +231,13 @@ def main(repeats: int = 40, inner: int = 10, phases: bool = False) -> None:
     sgd_step = median["SGD"][0]
     frob_step, frob_passes = median[f"FrobSAM n={N} one-sided"]
     print(f"\none Gaussian draw of {d} numbers: {draw:.3f} ms")
-    print(f"FrobSAM n={N} / {N + 1} x SGD step: {frob_step / ((N + 1) * sgd_step):.2f}; with nothing outside the "
-          f"closure but the {N} draws and one SGD update: "
-          f"{(frob_passes + N * draw + sgd_step - median['SGD'][1]) / ((N + 1) * sgd_step):.2f}")
+    frob_hand = median[f"FrobSAM n={N}, hand-written, same semantics"][0]
+    frosam = median["FROSAM structure (issue 10's peer)"][0]
+    print(f"FrobSAM n={N} / {N + 1} x SGD step: {frob_step / ((N + 1) * sgd_step):.2f}; the hand-written step with the "
+          f"same semantics: {frob_hand / ((N + 1) * sgd_step):.2f}; nothing outside the closure but the {N} draws and "
+          f"one SGD update: {(frob_passes + N * draw + sgd_step - median['SGD'][1]) / ((N + 1) * sgd_step):.2f}")
+    print(f"FrobSAM n={N} / FROSAM structure: {frob_step / frosam:.2f}; the hand-written step: "
+          f"{frob_hand / frosam:.2f}")
     if "pytorch_optimizer.SAM" in median:
         peer = median["pytorch_optimizer.SAM"][0]
         floor = median["SAM, hand-written, same semantics"][0] / peer
@@ -179,7 +250,7 @@ def print_phases(steps: dict, inside: list, count: int) -> None:
     spent = timed_phases(inside)
     rows = {}
     for name, step in steps.items():
-        if name == "SGD" or "pytorch" in name or "hand-written" in name:
+        if name == "SGD" or "pytorch" in name or "hand-written" in name or "FROSAM" in name:
             continue
         spent.clear()
         inside[0], start = 0.0, time.perf_counter()
