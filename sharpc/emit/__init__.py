@@ -359,7 +359,7 @@ def _printed(expr: sp.Expr, allowed: set[str], like: str) -> str:
 
 #: sharpc/runtime's modules in dependency order: the standalone module pastes them in this order.
 RUNTIME_MODULES = ("sampling", "maths", "replay", "storage", "ranks", "power", "step", "estimator", "accumulate",
-                   "direct", "optimizer")
+                   "optimizer")
 
 
 def runtime_text() -> str:

@@ -9,7 +9,6 @@ import torch
 
 from ..errors import OptimizerError
 from .accumulate import Lean, Sums, checksum
-from .direct import Direct, direct_key, unsupported
 from .estimator import Estimator
 from .maths import load_forward_ad
 from .power import PowerIterations
@@ -193,8 +192,6 @@ class PhiPsiSAM(torch.optim.Optimizer):
         self._accumulation = Lean(self) if memory == "lean" else Sums(self)
         self._power = PowerIterations(self.sample_groups)
         self._last_kept: Kept | None = None       # the buffers the last step used (buffer_report)
-        self.specialize = True                    # run the direct step where the configuration allows
-        self._direct: tuple = (None, None)        # (what it was built for, the Direct step or why not)
         self._hyper: tuple = (None, None, {})     # per-element hyperparameters, for (kept, settings)
         self._kept: Kept | None = None           # flat buffers, kept while the parameter set is unchanged
         self._stats_kept: tuple | None = None     # kept copies of the running statistics
@@ -508,33 +505,8 @@ class PhiPsiSAM(torch.optim.Optimizer):
         if not self._stepping:
             super().zero_grad(set_to_none)
 
-    @property
-    def step_kind(self) -> str:
-        """"direct" where the next step runs the specialized direct step (sharpc.runtime.direct),
-        else "general: " and why not. Both give bit-identical results; the direct step spends
-        less time outside the closure, which counts on small models. ``specialize = False``
-        always runs the general step."""
-        if not self.specialize:
-            return "general: specialize is False"
-        made = self._direct_for(self._settings())
-        return "direct" if made is not None else f"general: {self._direct[1]}"
-
-    def _direct_for(self, cfg: Settings) -> Direct | None:
-        """The direct step for these settings and parameters (built once), or None."""
-        key = direct_key(self, cfg)
-        if key != self._direct[0]:
-            perturbed = self._perturbed()
-            reason = unsupported(self, perturbed, self._trainable())
-            self._direct = (key, reason or Direct(self, cfg, perturbed, running_stats(self.model)))
-        made = self._direct[1]
-        return made if isinstance(made, Direct) else None
-
     def _step(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
-        cfg = self._settings()
-        direct = self._direct_for(cfg) if self.specialize else None
-        if direct is not None:
-            return direct.step(closure)
-        s = self._start(cfg)
+        s = self._start(self._settings())
         try:
             loss0 = self._clean_pass(closure, s)
             loss0, sharpness, coefficients = self._accumulation.passes(closure, s, loss0)
