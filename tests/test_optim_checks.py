@@ -170,3 +170,15 @@ def test_complex_parameters_are_refused_at_construction():
     layer = torch.nn.Linear(4, 3).to(torch.complex64)
     with pytest.raises(OptimizerError, match="complex parameters"):
         FrobSAM(layer.parameters(), lr=0.1)
+
+
+def test_a_parameter_given_twice_is_refused():
+    """torch only warns about duplicates within a group; here they would double d and the perturbation."""
+    layer = torch.nn.Linear(4, 4)
+    with pytest.warns(UserWarning, match="duplicate"), pytest.raises(OptimizerError, match="appears twice"):
+        FrobSAM([layer.weight, layer.weight, layer.bias])
+
+
+def test_parameters_on_the_meta_device_are_refused_with_the_reason():
+    with pytest.raises(OptimizerError, match="meta device"):
+        FrobSAM(torch.nn.Linear(4, 4, device="meta").parameters())

@@ -173,6 +173,10 @@ class PhiPsiSAM(torch.optim.Optimizer):
 
         hyper.update(self._step_defaults(hyper["estimator"], hyper["n_samples"]))
         params = [materialized(g) for g in params]  # read twice: for the default rho, then by torch
+        if any(isinstance(p, torch.Tensor) and p.is_meta for g in params
+               for p in (g["params"] if isinstance(g, dict) else [g])):
+            raise self.Error("parameters on the meta device hold no values to perturb: materialize them "
+                             "(module.to_empty(device=...) and initialize or load them) before building the optimizer")
         if hyper["rho"] is None:
             hyper["rho"] = self._default_rho(params)
         super().__init__(params, dict(perturb=True, **hyper, **base_kwargs))
@@ -363,6 +367,12 @@ class PhiPsiSAM(torch.optim.Optimizer):
         return [p for g in self.param_groups for p in g["params"] if p.requires_grad]
 
     def _dimension(self, perturbed: list) -> int:
+        """d, after checking the parameter set (checked at construction and whenever it changes)."""
+        trainable = self._trainable()
+        if len({id(p) for p in trainable}) != len(trainable):
+            raise self.Error("a parameter appears twice in the param groups: it would be perturbed and counted "
+                             "twice (d, norms, the combined gradient); pass each parameter once (tied weights "
+                             "are one parameter)")
         d = sum(p.numel() for p in perturbed)
         if d == 0:
             raise self.Error("no parameter is perturbed: every group has perturb=False or requires_grad=False")
