@@ -122,6 +122,9 @@ class VerificationReport:
             reference = "-" if c.reference is None else f"{c.reference:.6g}"
             lines.append(f"{c.kind:<11}{c.d:>3}  {c.target:>12.6g}  {reference:>12}  {c.estimate:>12.6g}  "
                          f"{c.stderr:>10.3g}  {c.z:>6.2f}  {'yes' if c.passed else 'NO'}")
+        if any(c.method == EXACT and not math.isfinite(c.target) for c in self.cases):
+            lines.append("inf: beyond float64. The identity was checked at those spectra in multiple precision "
+                         "and psi's samples against their exact moments; phi of the sample means overflows.")
         return "\n".join(lines)
 
     @property
