@@ -111,7 +111,13 @@ class HessianOperator:
             loss = 0.0
             for inputs, targets in batches:
                 outputs = torch.func.functional_call(model, buffers, (inputs,))
-                loss = loss + loss_fn(outputs, targets) * (len(inputs) / examples)
+                batch_loss = loss_fn(outputs, targets)
+                if not isinstance(batch_loss, Tensor) or batch_loss.dim() != 0:
+                    got = tuple(batch_loss.shape) if isinstance(batch_loss, Tensor) else type(batch_loss).__name__
+                    raise SharpcError(f"loss_fn must return the batch's mean loss as a 0-d tensor, got {got}")
+                loss = loss + batch_loss * (len(inputs) / examples)
+            if not torch.isfinite(loss):
+                raise SharpcError(f"the loss is {float(loss)} on this data: its Hessian has no eigenvalues to measure")
             self._grads = torch.autograd.grad(loss, self.params, create_graph=True, materialize_grads=True)
         self._sizes = [p.numel() for p in self.params]
         self.dim = sum(self._sizes)

@@ -412,3 +412,14 @@ def test_products_agree_with_curvlinops(tiny):
     ours = hessian.HessianOperator(model, nn.MSELoss(), batches)
     v = torch.randn(ours.dim, dtype=F64, generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(ours.matvec(v), theirs @ v)
+
+
+def test_a_non_scalar_or_non_finite_loss_is_refused_with_the_reason():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    measure = sharpc.compile("sum(l**2)")
+    with pytest.raises(sharpc.SharpcError, match="0-d tensor, got \\(8,\\)"):
+        measure.evaluate(model, lambda out, t: out.sum(1), (x, y))
+    with pytest.raises(sharpc.SharpcError, match="loss is nan"):
+        measure.evaluate(model, torch.nn.functional.cross_entropy, (x * float("nan"), y))
