@@ -200,7 +200,7 @@ class Lean:
         s.losses = list(losses.unbind())
         opt._last_kept = s.kept
         loss0, rest, linear = s.losses[0], iter(s.losses[1:]), iter(s.linear)
-        d = loss0.new_full((), s.d)
+        d = opt._estimator.scalars(float(s.d), loss0)  # phi and psi see d as a 0-d tensor
         deltas = []
         for group in opt.sample_groups:
             group_deltas = []

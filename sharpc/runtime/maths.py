@@ -70,7 +70,7 @@ class Scalars:
         key = (value, like.dtype, like.device)
         made = self._made.get(key)
         if made is None:
-            if len(self._made) > 64:  # annealed hyperparameters: keep the latest only
+            if len(self._made) > 64:  # an annealed rho makes a new constant each step: start over
                 self._made.clear()
             made = self._made[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
         return made
