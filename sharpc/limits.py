@@ -14,8 +14,37 @@ from collections.abc import Mapping
 
 import sympy as sp
 
+from .spectral import D
+
 #: Terms a derived phi (or an expanded intermediate polynomial) may have.
 MAX_PHI_TERMS = 3000
+#: Bits of the largest numerator or denominator of any exact number built (2**(d/2) at d = 10**12
+#: would take SymPy hours to compute exactly, and Python refuses to print it past 4300 digits).
+MAX_BITS = 8192
+
+
+def radicals(expr: sp.Expr) -> tuple[int, int]:
+    """(product of nested root denominators, most bits of a number) in ``expr``."""
+    if expr.is_Rational:
+        return 1, max(expr.p.bit_length(), expr.q.bit_length())
+    if expr.is_Pow and expr.exp.is_Rational:
+        root, bits = radicals(expr.base)
+        return root * expr.exp.q, bits
+    parts = [radicals(arg) for arg in expr.args]
+    return max((root for root, _ in parts), default=1), max((bits for _, bits in parts), default=0)
+
+
+def bits_of_power(power: sp.Pow, d: int) -> float:
+    """Roughly how many bits the exact value of ``c**(k*D)`` takes at this d (0 if not that)."""
+    exponent = power.exp.subs(D, d)
+    if not (power.base.is_number and power.exp.has(D) and exponent.is_Rational):
+        return 0
+    return max(radicals(power.base)[1] - 1, 0) * abs(exponent)  # (-1)**D costs nothing
+
+
+def too_large_at(expr: sp.Expr, d: int) -> sp.Pow | None:
+    """A power c**(k*D) in ``expr`` whose exact value at this d exceeds MAX_BITS, if there is one."""
+    return next((p for p in expr.atoms(sp.Pow) if bits_of_power(p, d) > MAX_BITS), None)
 
 
 def expanded_terms(expr: sp.Expr, cap: int, sizes: Mapping[sp.Expr, int] | None = None) -> int:

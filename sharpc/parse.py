@@ -19,7 +19,7 @@ import sympy as sp
 from sympy.polys.matrices import DomainMatrix
 
 from .errors import ParseError
-from .limits import expanded_terms, leibniz_terms
+from .limits import MAX_BITS, expanded_terms, leibniz_terms, radicals, too_large_at
 from .spectral import D, Eig, EMax, EMin, EProd, ESum, HEntry, hessian_matrix, lam, reductions, substitute_d
 
 MAX_LENGTH = 2000  #: characters of target text
@@ -28,7 +28,6 @@ MAX_DEPTH = 50  #: nesting of expression nodes
 MAX_EXPONENT = 64  #: largest |exponent| in ``a**b``
 MAX_LITERAL = 10**12  #: largest |number| written in the text
 MAX_MAGNITUDE = 10**300  #: largest |constant| built from literals
-MAX_BITS = 8192  #: largest numerator or denominator of any exact number built
 MAX_TERMS = 500  #: estimated terms after expanding all reduction bodies
 MAX_MATRIX_D = 6  #: largest d for matrix operations on H (det(H) has d! terms)
 MAX_MATRIX_POWER = 8  #: largest k in H**k
@@ -172,7 +171,7 @@ class _Builder(ast.NodeVisitor):
             return value
         if value.has(*_UNDEFINED):
             raise self.fail("division by zero or undefined value", node)
-        problem = "number too large" if _radicals(value)[1] > MAX_BITS else None
+        problem = "number too large" if radicals(value)[1] > MAX_BITS else None
         if not problem and isinstance(value, _GROWING) and value.is_number and not value.has(Eig):
             problem = _constant_problem(value)
         if problem:
@@ -311,7 +310,7 @@ class _Builder(ast.NodeVisitor):
         if not isinstance(node.op, (*_BINARY, ast.Div)):
             raise self.fail(f"{_CONSTRUCTS.get(type(node.op), 'this operator')} is not allowed", node)
         left, right = self.visit(node.left), self.visit(node.right)
-        if isinstance(node.op, (ast.Mult, ast.Div)) and _radicals(left)[0] > 1 < _radicals(right)[0]:
+        if isinstance(node.op, (ast.Mult, ast.Div)) and radicals(left)[0] > 1 < radicals(right)[0]:
             self._check_radicals(node, 1, left, right)  # c**(p/q) * c**(r/s) = c**((ps+qr)/qs)
         if isinstance(node.op, ast.Div):
             if _is_zero(right):
@@ -332,14 +331,14 @@ class _Builder(ast.NodeVisitor):
         if approx.real < 0 and _is_zero(base):
             raise self.fail("division by zero", node)
         if exponent.is_Rational:  # (c*x)**n = c**n * x**n, computed exactly
-            if _radicals(base)[1] * abs(exponent) > MAX_BITS:
+            if radicals(base)[1] * abs(exponent) > MAX_BITS:
                 raise self.fail("number too large", node)
             self._check_radicals(node, exponent.q, base)
         return base**exponent
 
     def _check_radicals(self, node: ast.AST, root: int, *values: sp.Expr) -> None:
         """Refuse, before SymPy starts it, the exact work of a new root of a number (MAX_RADICAL)."""
-        sizes = [_radicals(value) for value in values]
+        sizes = [radicals(value) for value in values]
         root *= math.prod(size[0] for size in sizes)
         if root > 1 and root * max(size[1] for size in sizes) > MAX_RADICAL:
             raise self.fail("fractional power of a constant is too complex (use simpler exponents)", node)
@@ -402,7 +401,7 @@ class _Builder(ast.NodeVisitor):
         if name == "mean":
             value = value / D
         if self.d is not None:  # ESum(c) = c*D, EProd(c) = c**D: c**D may be huge at this d
-            if any(_bits_of_power(power, self.d) > MAX_BITS for power in value.atoms(sp.Pow)):
+            if too_large_at(value, self.d) is not None:
                 raise self.fail(f"number too large (a constant to the power d = {self.d})", node)
             value = substitute_d(value, self.d)
         return value
@@ -489,25 +488,6 @@ def _int_literal(node: ast.expr) -> int | None:
     if isinstance(node, ast.Constant) and type(node.value) is int:
         return sign * node.value
     return None
-
-
-def _radicals(expr: sp.Expr) -> tuple[int, int]:
-    """(product of nested root denominators, most bits of a number) in ``expr``: see MAX_RADICAL."""
-    if expr.is_Rational:
-        return 1, max(expr.p.bit_length(), expr.q.bit_length())
-    if expr.is_Pow and expr.exp.is_Rational:
-        root, bits = _radicals(expr.base)
-        return root * expr.exp.q, bits
-    parts = [_radicals(arg) for arg in expr.args]
-    return max((root for root, _ in parts), default=1), max((bits for _, bits in parts), default=0)
-
-
-def _bits_of_power(power: sp.Pow, d: int) -> float:
-    """Roughly how many bits the exact value of ``c**(k*D)`` takes at this d (0 if not that)."""
-    exponent = power.exp.subs(D, d)
-    if not (power.base.is_number and power.exp.has(D) and exponent.is_Rational):
-        return 0
-    return max(_radicals(power.base)[1] - 1, 0) * abs(exponent)  # (-1)**D costs nothing
 
 
 def _is_zero(value: sp.Expr) -> bool:

@@ -190,3 +190,17 @@ def test_a_log_of_a_product_is_derived_as_the_sum_of_logs(logged, summed):
     a, b = sharpc.compile(logged), sharpc.compile(summed)
     assert (a.phi, a.psi, a.groups, a.domain) == (b.phi, b.psi, b.groups, b.domain)
     assert a.verify(samples=2000).passed
+
+
+@pytest.mark.parametrize("d", [100_000, 10**12])
+def test_a_constant_exponential_in_a_huge_concrete_d_is_declined_not_computed(d):
+    """(2 pi)**d at d = 10**12 would take SymPy hours as an exact number (and at 10**5 Python refuses
+    to print it); the strategies decline with the reason and the way out (leave d symbolic)."""
+    with pytest.raises(sharpc.DerivationError, match="too large to compute exactly.*compile without d"):
+        sharpc.compile("prod(l)", d=d)
+    assert sharpc.compile("prod(l)").d is None  # the symbolic-d measure is the way out
+
+
+def test_the_moments_strategy_declines_a_huge_concrete_d_before_building_its_symbols():
+    with pytest.raises(sharpc.DerivationError, match="moments: with d = 1000000000000 the target"):
+        sharpc.compile("sum(l)**2 - sum(l**2) + prod(l)", d=10**12, strategy="moments")

@@ -27,7 +27,7 @@ import sympy as sp
 
 from ..domains import infer_domain
 from ..errors import DerivationError
-from ..limits import MAX_PHI_TERMS, expanded_terms
+from ..limits import MAX_PHI_TERMS, expanded_terms, too_large_at
 from ..measure import Measure
 from ..spectral import Eig, EMax, EMin, EProd, ESum, is_matrix_target, lam, reductions, substitute_d
 
@@ -122,8 +122,20 @@ def relation(scale: sp.Expr, sign: int, offset: sp.Expr) -> str:
 
 
 def make_measure(request: Request, **fields) -> Measure:
-    """A Measure for ``request``, with the spectrum length bound wherever it is known."""
+    """A Measure for ``request``, with the spectrum length bound wherever it is known.
+
+    A constant exponential in d, (2 pi)**(d/2) say, is declined where its exact value at this d
+    would be too large to compute (SymPy would take hours at d = 10**12): with d left symbolic,
+    the optimizer binds it to the parameter count at run time and evaluates it in floating point.
+    """
     if request.d is not None:
+        for key in ("phi", "scale", "offset", "psi"):
+            for expr in (fields[key] if key == "psi" else (fields.get(key, 0),)):
+                power = too_large_at(sp.sympify(expr), request.d)
+                if power is not None:
+                    raise Decline(f"its constant {sp.sstr(power)} is too large to compute exactly at d = "
+                                  f"{request.d}; compile without d (it is bound to the number of perturbed "
+                                  "parameters at run time)")
         for key in ("phi", "scale", "offset"):
             if key in fields:
                 fields[key] = substitute_d(fields[key], request.d)

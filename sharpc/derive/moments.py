@@ -21,7 +21,18 @@ from ..distributions import Gaussian, t
 from ..errors import DerivationError
 from ..limits import MAX_PHI_TERMS, expanded_terms
 from ..measure import Measure, SampleGroup, phi_symbols
-from ..spectral import Eig, EMax, EMin, ESum, eigenvalue_symbols, expand_spectrum, lam, power_sum_order, reductions
+from ..spectral import (
+    Eig,
+    EMax,
+    EMin,
+    EProd,
+    ESum,
+    eigenvalue_symbols,
+    expand_spectrum,
+    lam,
+    power_sum_order,
+    reductions,
+)
 from . import Decline, Request, Strategy, make_measure, tuple_text
 
 NAME = "moments"
@@ -67,6 +78,11 @@ def _as_power_sum_polynomial(request: Request) -> tuple[sp.Expr, list[str]]:
     # Checked before expanding: d-term Max/exp expressions take minutes at d in the thousands.
     if any(isinstance(a, (EMax, EMin)) or not a.body.is_polynomial(lam) for a in atoms):
         raise Decline("max, min and non-polynomial bodies are not polynomials in the spectrum")
+    # Checked before making d symbols (d may be 10**12): a sum over the spectrum has d terms, a
+    # product degree at least d, so the limits below would decline anyway.
+    if request.d > MAX_SYMMETRIZE_TERMS or (request.d > MAX_ORDER and any(isinstance(a, EProd) for a in atoms)):
+        raise Decline(f"with d = {request.d} the target is a polynomial of degree or size beyond the limits "
+                      f"for symmetrizing it (moments up to E[Q^{MAX_ORDER}], {MAX_SYMMETRIZE_TERMS} monomials)")
     eigenvalues = eigenvalue_symbols(request.d)
     explicit = expand_spectrum(target, eigenvalues)
     if not explicit.is_polynomial(*eigenvalues):
