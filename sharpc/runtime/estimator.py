@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from .maths import Scalars, autodiff_slopes, value_and_grad
+from .maths import Scalars, autodiff_slopes, filled, value_and_grad
 from .step import Settings
 
 
@@ -164,8 +164,9 @@ class Estimator:
             flat = self.flat_value(d64)
             shift = offset / scale if flat is None else torch.where(torch.isfinite(flat), -flat, offset / scale)
             values = (scale.tolist(), offset.tolist())  # tensors made on the host here: no device read
-            # the latest only: rho may be annealed
-            self._constants = {key: (*(t.to(like.device) for t in (scale, offset, shift)), values)}
+            # the latest only: rho may be annealed (filled on the device: no copy that waits for it)
+            self._constants = {key: (*(filled(t.tolist(), torch.float64, like.device) for t in (scale, offset, shift)),
+                                     values)}
         return self._constants[key]
 
     def flat_value(self, d: torch.Tensor) -> torch.Tensor | None:

@@ -61,6 +61,8 @@ class Scalars:
     An operation between two 0-d tensors dispatches about three times faster than one that
     wraps a Python number first, and a tiny model's step does dozens of them. The result is
     the same: a Python number in an operation with a tensor is converted to the tensor's dtype.
+    They are filled on the device (``torch.full``): copying a host tensor there would wait for
+    the device, and an annealed rho makes a new constant every step.
     """
 
     def __init__(self) -> None:
@@ -72,5 +74,13 @@ class Scalars:
         if made is None:
             if len(self._made) > 64:  # an annealed rho makes a new constant each step: start over
                 self._made.clear()
-            made = self._made[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+            made = self._made[key] = filled(value, like.dtype, like.device)
         return made
+
+
+def filled(value: float | tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``value`` (a number, or a tuple of them) as a tensor made by fill kernels on the device, not by
+    a host-to-device copy (which waits for the device)."""
+    if isinstance(value, tuple):
+        return torch.stack([torch.full((), v, dtype=dtype, device=device) for v in value])
+    return torch.full((), value, dtype=dtype, device=device)
