@@ -169,8 +169,10 @@ def test_the_finiteness_check_is_one_host_read_per_step():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_a_cuda_step_makes_no_synchronizing_call():
-    """torch's own sync detector, on the device where syncs cost something."""
+@pytest.mark.parametrize("anneal", [False, True])
+def test_a_cuda_step_makes_no_synchronizing_call(anneal):
+    """torch's own sync detector, on the device where syncs cost something; an annealed rho makes
+    the step build new constants (they must be filled on the device, not copied from the host)."""
     model, x, y = tiny_mlp(batchnorm=True, dropout=0.1)
     model, x, y = model.cuda(), x.cuda(), y.cuda()
     opt = FrobSAM(model.parameters(), lr=0.1, momentum=0.9, seed=0, model=model, nonfinite="ignore")
@@ -181,6 +183,8 @@ def test_a_cuda_step_makes_no_synchronizing_call():
         return loss
 
     opt.step(closure)  # first-step allocations and lazy initialization are not the question
+    if anneal:
+        opt.param_groups[0]["rho"] *= 0.5
     torch.cuda.set_sync_debug_mode("error")
     try:
         opt.step(closure)
