@@ -467,6 +467,8 @@ def evaluate(measure: Measure, model: nn.Module, loss_fn: Callable[[Tensor, Tens
     (scale-invariant) measure, l are the eigenvalues of diag|x| H diag|x|, as in its
     optimizer. ``params`` and ``mode`` are passed to :class:`HessianOperator`.
     """
+    if not isinstance(exact_limit, int) or isinstance(exact_limit, bool) or exact_limit < 0:
+        raise SharpcError(f"exact_limit must be an integer >= 0 (0: always estimate), got {exact_limit!r}")
     hessian = HessianOperator(model, loss_fn, data, params=params, mode=mode)
     if measure.d is not None and measure.d != hessian.dim:
         raise SharpcError(f"the measure was compiled for d = {measure.d}, but the model has {hessian.dim} parameters")

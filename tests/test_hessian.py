@@ -423,3 +423,11 @@ def test_a_non_scalar_or_non_finite_loss_is_refused_with_the_reason():
         measure.evaluate(model, lambda out, t: out.sum(1), (x, y))
     with pytest.raises(sharpc.SharpcError, match="loss is nan"):
         measure.evaluate(model, torch.nn.functional.cross_entropy, (x * float("nan"), y))
+
+
+@pytest.mark.parametrize("limit", [-1, 2.5, True])
+def test_exact_limit_must_be_a_non_negative_integer(limit):
+    model = torch.nn.Linear(3, 2)
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    with pytest.raises(sharpc.SharpcError, match="exact_limit must be an integer >= 0"):
+        sharpc.compile("sum(l**2)").evaluate(model, torch.nn.functional.cross_entropy, (x, y), exact_limit=limit)
