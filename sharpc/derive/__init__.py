@@ -129,13 +129,11 @@ def make_measure(request: Request, **fields) -> Measure:
     the optimizer binds it to the parameter count at run time and evaluates it in floating point.
     """
     if request.d is not None:
-        for key in ("phi", "scale", "offset", "psi"):
-            for expr in (fields[key] if key == "psi" else (fields.get(key, 0),)):
-                power = too_large_at(sp.sympify(expr), request.d)
-                if power is not None:
-                    raise Decline(f"its constant {sp.sstr(power)} is too large to compute exactly at d = "
-                                  f"{request.d}; compile without d (it is bound to the number of perturbed "
-                                  "parameters at run time)")
+        for expr in (*(fields.get(key, 0) for key in ("phi", "scale", "offset")), *fields["psi"]):
+            power = too_large_at(sp.sympify(expr), request.d)
+            if power is not None:
+                raise Decline(f"its constant {sp.sstr(power)} is too large to compute exactly at d = {request.d}; "
+                              "compile without d (it is bound to the number of perturbed parameters at run time)")
         for key in ("phi", "scale", "offset"):
             if key in fields:
                 fields[key] = substitute_d(fields[key], request.d)

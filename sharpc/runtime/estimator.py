@@ -163,10 +163,9 @@ class Estimator:
             scale, offset = self.scale(d64, d64.new_tensor(rho)), self.offset(d64, d64.new_tensor(rho))
             flat = self.flat_value(d64)
             shift = offset / scale if flat is None else torch.where(torch.isfinite(flat), -flat, offset / scale)
-            values = (scale.tolist(), offset.tolist())  # tensors made on the host here: no device read
+            numbers = [t.tolist() for t in (scale, offset, shift)]  # tensors made on the host here: no device read
             # the latest only: rho may be annealed (filled on the device: no copy that waits for it)
-            self._constants = {key: (*(filled(t.tolist(), torch.float64, like.device) for t in (scale, offset, shift)),
-                                     values)}
+            self._constants = {key: (*(filled(x, torch.float64, like.device) for x in numbers), tuple(numbers[:2]))}
         return self._constants[key]
 
     def flat_value(self, d: torch.Tensor) -> torch.Tensor | None:
