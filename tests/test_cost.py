@@ -104,12 +104,13 @@ def test_expanded_terms_bounds_the_terms_of_expand(expr):
 _matrix_texts = st.recursive(st.just("H"), lambda m: st.one_of(
     st.tuples(m, st.sampled_from(["@", "+", "-"]), m).map(lambda p: f"({p[0]} {p[1]} {p[2]})"),
     st.tuples(m, st.integers(1, 3)).map(lambda p: f"{p[0]}**{p[1]}"),
-    m.map(lambda e: f"2*{e}")), max_leaves=4)
+    m.map(lambda e: f"(2*{e})")), max_leaves=4)  # (bare, H @ 2*(H @ H) is (H @ 2) * (H @ H): refused by the parser)
 
 
 @settings(max_examples=30, deadline=None)
 @given(_matrix_texts, st.integers(1, 3))
 @example("H**3**1**3", 3)  # the exponent 3**1**3 is an expression, not a literal: found by Hypothesis
+@example("(H @ (2*(H @ H)))", 2)
 def test_matrix_estimate_bounds_the_terms_of_each_entry(text, d):
     terms, _ = parse_module._matrix_estimate(ast.parse(text, mode="eval").body, d)
     hessian = hessian_matrix(d)
