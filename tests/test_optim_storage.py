@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sharpc.optim import SAM, FrobSAM
 
@@ -83,3 +85,17 @@ def test_per_group_rho_and_adaptivity_scale_their_own_elements_of_one_sphere_sam
               for a, b, is_weight in zip(x0, x1, order)]
     v = torch.cat([p.reshape(-1) for p in pieces])
     torch.testing.assert_close(torch.linalg.vector_norm(v), torch.tensor(1.0, dtype=torch.float64))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(-1e6, 1e6), st.floats(-1e6, 1e6), st.floats(1e-8, 1e3), st.sampled_from([torch.float32, torch.float64]))
+def test_cached_constants_give_the_same_results_as_python_numbers(a, b, rho, dtype):
+    """Scalars (0-d tensors, for speed) must compute exactly what a Python number in the same op does."""
+    from sharpc.runtime.maths import Scalars, filled
+
+    scalars = Scalars()
+    x, y = torch.tensor(a, dtype=dtype), torch.tensor(b, dtype=dtype)
+    assert torch.equal((x - y) / scalars(rho**2, x), (x - y) / rho**2)
+    assert torch.equal(x * scalars(1 / rho**2, x), x * (1 / rho**2))
+    assert scalars(rho, x) is scalars(rho, x)  # made once
+    assert torch.equal(filled((1.0, 2.0, 3.0), dtype, x.device), torch.tensor([1.0, 2.0, 3.0], dtype=dtype))
